@@ -1,0 +1,25 @@
+"""Monte Carlo gradient estimators as pure JAX functions (Mohamed et al., JMLR 2020).
+
+Every estimator takes a cost ``f`` written for one sample, the parameters of a distribution
+(any pytree), a ``dist_builder`` mapping them to a distribution, a key and a static number of
+samples, and returns one gradient estimate per sample: a pytree like the parameters whose leaves
+have a leading ``num_samples`` axis. The ``*_surrogate`` forms return a scalar objective whose
+``jax.grad`` is the same estimator, for training.
+"""
+
+from ._common import sample_keys as sample_keys
+from ._distributions import Bernoulli as Bernoulli
+from ._distributions import Beta as Beta
+from ._distributions import Categorical as Categorical
+from ._distributions import Dirichlet as Dirichlet
+from ._distributions import Distribution as Distribution
+from ._distributions import Gamma as Gamma
+from ._distributions import Normal as Normal
+from ._distributions import multi_normal as multi_normal
+from ._optax_compat import pathwise_jacobians as pathwise_jacobians
+from ._optax_compat import score_function_jacobians as score_function_jacobians
+from ._pathwise import pathwise as pathwise
+from ._pathwise import pathwise_surrogate as pathwise_surrogate
+from ._score_function import leave_one_out_baseline as leave_one_out_baseline
+from ._score_function import score_function as score_function
+from ._score_function import score_function_surrogate as score_function_surrogate

@@ -1,0 +1,80 @@
+"""Argument checks and key handling shared by every estimator.
+
+The checks run at trace time: they look only at static things (shapes, dtypes, Python ints), so
+they cost nothing under ``jit`` and fail before any computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._distributions import Distribution
+
+Array = jax.Array
+PyTree = Any
+CostFn = Callable[[Array], Array]
+DistBuilder = Callable[[PyTree], Distribution]
+
+
+def check_num_samples(num_samples: Any, who: str) -> int:
+    """``num_samples`` must be a Python int >= 1 (it fixes shapes, so it is static under jit)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise TypeError(
+            f"{who}: num_samples must be a Python int (static under jit); "
+            f"got {type(num_samples).__name__}"
+        )
+    if num_samples < 1:
+        raise ValueError(f"{who}: num_samples must be >= 1; got {num_samples}")
+    return num_samples
+
+
+def build_and_check(
+    function: CostFn, params: PyTree, dist_builder: DistBuilder, num_samples: int, who: str
+) -> Distribution:
+    """Build the distribution and check the arguments of an estimator; returns the distribution.
+
+    Raises a ``TypeError``/``ValueError`` naming the problem if ``num_samples`` is not a positive
+    int, if a parameter leaf is not floating point, if ``dist_builder`` does not return a
+    distribution, or if ``function`` does not map one sample to a scalar.
+    """
+    check_num_samples(num_samples, who)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"{who}: parameters must be floating point to be differentiated; "
+                f"params{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}"
+            )
+    dist = dist_builder(params)
+    if not (hasattr(dist, "sample") and hasattr(dist, "log_prob")):
+        raise TypeError(
+            f"{who}: dist_builder(params) must return a distribution with sample(key, "
+            f"sample_shape) and log_prob(x); got {type(dist).__name__}"
+        )
+    sample = jax.eval_shape(lambda k: dist.sample(k), jax.random.key(0))
+    out = jax.eval_shape(function, sample)
+    if not (hasattr(out, "shape") and out.shape == ()):
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"{who}: function must return a scalar for one sample of shape "
+            f"{list(sample.shape)}; it returned {shape}. Write the cost for one sample; "
+            "the estimator vmaps it."
+        )
+    return dist
+
+
+def sample_keys(key: Array, num_samples: int) -> Array:
+    """One key per sample: ``[num_samples]`` keys (or ``[num_samples, 2]`` raw uint32 keys).
+
+    Every estimator draws sample ``i`` from ``keys[i]``, so two estimators called with the same
+    key see the same samples (common random numbers).
+    """
+    return jax.random.split(key, num_samples)
+
+
+def draw(dist_builder: DistBuilder, params: PyTree, keys: Array) -> Array:
+    """``[num_samples, *event_shape]`` samples, sample ``i`` from ``keys[i]``."""
+    return jax.vmap(lambda k: dist_builder(params).sample(k))(keys)

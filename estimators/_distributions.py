@@ -1,0 +1,332 @@
+"""Small pytree distributions with ``sample(key, sample_shape)`` and ``log_prob(x)``.
+
+Every distribution here is a *joint* distribution over one event whose shape is the shape of
+its parameters (independent coordinates; for the Dirichlet and Categorical the last axis is the
+simplex or the category axis). ``sample(key, sample_shape)`` returns
+``[*sample_shape, *event_shape]`` and ``log_prob(x)`` sums over the event, returning
+``[*sample_shape]``. A cost ``f`` written for one sample therefore sees one whole event.
+
+``reparameterizable`` says whether ``sample`` is differentiable with respect to the parameters
+(explicitly, ``loc + scale * eps``, or through JAX's implicit reparameterisation gradients for
+Gamma, Beta and Dirichlet). Discrete distributions are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy import special
+
+Array = jax.Array
+Shape = Sequence[int]
+
+
+def _pytree_dataclass(cls):
+    """Frozen dataclass whose fields are pytree leaves (so it passes through jit and vmap).
+
+    Unflattening bypasses ``__init__``: the checks in ``__post_init__`` guard what a user
+    builds, not the tracers, cotangents or ``None`` placeholders that JAX transformations put in
+    the leaves.
+    """
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def flatten(d):
+        return tuple(getattr(d, n) for n in names), None
+
+    def unflatten(_, leaves):
+        obj = object.__new__(cls)
+        for n, v in zip(names, leaves, strict=True):
+            object.__setattr__(obj, n, v)
+        return obj
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+    return cls
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_positive(name: str, dist: str, value: Array) -> None:
+    """Raise eagerly if a concrete parameter is not strictly positive (skipped under tracing)."""
+    if _is_concrete(value):
+        v = np.asarray(value)
+        if not np.all(v > 0):
+            raise ValueError(
+                f"{dist}: {name} must be > 0 everywhere; got min {np.nanmin(v)!r}"
+                + (" (NaN present)" if np.isnan(v).any() else "")
+            )
+
+
+def _check_same_shape(dist: str, **params: Array) -> tuple[int, ...]:
+    shapes = {k: tuple(jnp.shape(v)) for k, v in params.items()}
+    if len(set(shapes.values())) != 1:
+        detail = ", ".join(f"{k}{list(s)}" for k, s in shapes.items())
+        raise ValueError(f"{dist}: parameter shapes must match; got {detail}")
+    return next(iter(shapes.values()))
+
+
+class Distribution:
+    """Interface shared by the distributions of this module."""
+
+    reparameterizable: ClassVar[bool]
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        """Draw samples. Returns ``[*sample_shape, *event_shape]``."""
+        raise NotImplementedError
+
+    def log_prob(self, x: Array) -> Array:
+        """Log density or mass of ``x: [*sample_shape, *event_shape]``; ``[*sample_shape]``."""
+        raise NotImplementedError
+
+    def _sum_event(self, per_coordinate: Array, event_ndim: int | None = None) -> Array:
+        n = len(self.event_shape) if event_ndim is None else event_ndim
+        return jnp.sum(
+            per_coordinate, axis=tuple(range(per_coordinate.ndim - n, per_coordinate.ndim))
+        )
+
+
+@_pytree_dataclass
+class Normal(Distribution):
+    """Diagonal Gaussian N(loc, diag(scale²)). Event shape = ``loc.shape``.
+
+    Construct from the log-scale (the convention of the paper's code and of
+    ``optax.monte_carlo``) with :meth:`from_log_scale`.
+    """
+
+    loc: Array
+    scale: Array
+    reparameterizable: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_same_shape("Normal", loc=self.loc, scale=self.scale)
+        _check_positive("scale", "Normal", self.scale)
+
+    @classmethod
+    def from_log_scale(cls, loc: Array, log_scale: Array) -> Normal:
+        """``N(loc, exp(log_scale)²)``; loc and log_scale share one shape."""
+        _check_same_shape("Normal", loc=loc, log_scale=log_scale)
+        return cls(jnp.asarray(loc), jnp.exp(log_scale))
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(jnp.shape(self.loc))
+
+    @property
+    def mean(self) -> Array:
+        return self.loc
+
+    @property
+    def variance(self) -> Array:
+        return jnp.square(self.scale)
+
+    def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        eps = jax.random.normal(key, (*sample_shape, *self.event_shape), jnp.result_type(self.loc))
+        return self.loc + self.scale * eps
+
+    def log_prob(self, x: Array) -> Array:
+        z = (x - self.loc) / self.scale
+        lp = -0.5 * jnp.square(z) - jnp.log(self.scale) - 0.5 * math.log(2 * math.pi)
+        return self._sum_event(lp)
+
+
+def multi_normal(loc: Array, log_scale: Array) -> Normal:
+    """Diagonal Normal from ``(loc, log_scale)``; drop-in for ``optax.monte_carlo.multi_normal``.
+
+    Args:
+      loc: ``[*event_shape]`` mean.
+      log_scale: ``[*event_shape]`` log standard deviation.
+    """
+    return Normal.from_log_scale(loc, log_scale)
+
+
+@_pytree_dataclass
+class Gamma(Distribution):
+    """Gamma(concentration, rate), independent coordinates; implicit reparameterisation."""
+
+    concentration: Array
+    rate: Array
+    reparameterizable: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_same_shape("Gamma", concentration=self.concentration, rate=self.rate)
+        _check_positive("concentration", "Gamma", self.concentration)
+        _check_positive("rate", "Gamma", self.rate)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(jnp.shape(self.concentration))
+
+    @property
+    def mean(self) -> Array:
+        return self.concentration / self.rate
+
+    @property
+    def variance(self) -> Array:
+        return self.concentration / jnp.square(self.rate)
+
+    def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        shape = (*sample_shape, *self.event_shape)
+        g = jax.random.gamma(key, jnp.broadcast_to(self.concentration, shape), shape)
+        return g / self.rate
+
+    def log_prob(self, x: Array) -> Array:
+        a, b = self.concentration, self.rate
+        lp = a * jnp.log(b) + (a - 1) * jnp.log(x) - b * x - special.gammaln(a)
+        return self._sum_event(lp)
+
+
+@_pytree_dataclass
+class Beta(Distribution):
+    """Beta(a, b), independent coordinates; implicit reparameterisation."""
+
+    a: Array
+    b: Array
+    reparameterizable: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_same_shape("Beta", a=self.a, b=self.b)
+        _check_positive("a", "Beta", self.a)
+        _check_positive("b", "Beta", self.b)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(jnp.shape(self.a))
+
+    @property
+    def mean(self) -> Array:
+        return self.a / (self.a + self.b)
+
+    @property
+    def variance(self) -> Array:
+        s = self.a + self.b
+        return self.a * self.b / (jnp.square(s) * (s + 1))
+
+    def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        shape = (*sample_shape, *self.event_shape)
+        return jax.random.beta(key, self.a, self.b, shape)
+
+    def log_prob(self, x: Array) -> Array:
+        a, b = self.a, self.b
+        lp = (a - 1) * jnp.log(x) + (b - 1) * jnp.log1p(-x) - special.betaln(a, b)
+        return self._sum_event(lp)
+
+
+@_pytree_dataclass
+class Dirichlet(Distribution):
+    """Dirichlet(concentration) over the last axis; implicit reparameterisation.
+
+    ``concentration: [*batch, K]``; the event is the whole array (independent simplices).
+    """
+
+    concentration: Array
+    reparameterizable: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if jnp.ndim(self.concentration) < 1 or jnp.shape(self.concentration)[-1] < 2:
+            raise ValueError(
+                "Dirichlet: concentration needs a last axis of at least 2 categories; "
+                f"got shape {list(jnp.shape(self.concentration))}"
+            )
+        _check_positive("concentration", "Dirichlet", self.concentration)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(jnp.shape(self.concentration))
+
+    @property
+    def mean(self) -> Array:
+        return self.concentration / jnp.sum(self.concentration, axis=-1, keepdims=True)
+
+    @property
+    def variance(self) -> Array:
+        a0 = jnp.sum(self.concentration, axis=-1, keepdims=True)
+        m = self.concentration / a0
+        return m * (1 - m) / (a0 + 1)
+
+    def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        batch = self.event_shape[:-1]
+        return jax.random.dirichlet(key, self.concentration, (*sample_shape, *batch))
+
+    def log_prob(self, x: Array) -> Array:
+        a = self.concentration
+        per_simplex = (
+            jnp.sum((a - 1) * jnp.log(x), axis=-1)
+            + special.gammaln(jnp.sum(a, axis=-1))
+            - jnp.sum(special.gammaln(a), axis=-1)
+        )
+        return self._sum_event(per_simplex, len(self.event_shape) - 1)
+
+
+@_pytree_dataclass
+class Bernoulli(Distribution):
+    """Bernoulli(sigmoid(logits)), independent coordinates; samples are float 0/1."""
+
+    logits: Array
+    reparameterizable: ClassVar[bool] = False
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(jnp.shape(self.logits))
+
+    @property
+    def probs(self) -> Array:
+        return jax.nn.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> Array:
+        return self.probs
+
+    def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        shape = (*sample_shape, *self.event_shape)
+        x = jax.random.bernoulli(key, self.probs, shape)
+        return x.astype(jnp.result_type(self.logits))
+
+    def log_prob(self, x: Array) -> Array:
+        # log p = x * logits - softplus(logits), stable for large |logits|.
+        lp = x * self.logits - jax.nn.softplus(self.logits)
+        return self._sum_event(lp)
+
+
+@_pytree_dataclass
+class Categorical(Distribution):
+    """Categorical(softmax(logits)) over the last axis; samples are int32 category indices.
+
+    ``logits: [*batch, K]``; a sample has shape ``[*batch]`` (``event_shape``).
+    """
+
+    logits: Array
+    reparameterizable: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if jnp.ndim(self.logits) < 1:
+            raise ValueError("Categorical: logits need a last axis of categories; got a scalar")
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(jnp.shape(self.logits))[:-1]
+
+    @property
+    def probs(self) -> Array:
+        return jax.nn.softmax(self.logits, axis=-1)
+
+    def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        shape = (*sample_shape, *self.event_shape)
+        return jax.random.categorical(key, self.logits, axis=-1, shape=shape)
+
+    def log_prob(self, x: Array) -> Array:
+        log_p = jax.nn.log_softmax(self.logits, axis=-1)
+        log_p = jnp.broadcast_to(log_p, (*jnp.shape(x), log_p.shape[-1]))
+        lp = jnp.take_along_axis(log_p, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return self._sum_event(lp)
