@@ -16,6 +16,7 @@ from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
 from ._distributions import multi_normal as multi_normal
+from ._measure_valued import measure_valued as measure_valued
 from ._optax_compat import pathwise_jacobians as pathwise_jacobians
 from ._optax_compat import score_function_jacobians as score_function_jacobians
 from ._pathwise import pathwise as pathwise
