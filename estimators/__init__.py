@@ -21,6 +21,11 @@ from ._optax_compat import pathwise_jacobians as pathwise_jacobians
 from ._optax_compat import score_function_jacobians as score_function_jacobians
 from ._pathwise import pathwise as pathwise
 from ._pathwise import pathwise_surrogate as pathwise_surrogate
+from ._score_function import MovingAverage as MovingAverage
 from ._score_function import leave_one_out_baseline as leave_one_out_baseline
+from ._score_function import moving_average_baseline as moving_average_baseline
+from ._score_function import moving_average_init as moving_average_init
+from ._score_function import moving_average_update as moving_average_update
+from ._score_function import optimal_baseline as optimal_baseline
 from ._score_function import score_function as score_function
 from ._score_function import score_function_surrogate as score_function_surrogate
