@@ -8,6 +8,10 @@ have a leading ``num_samples`` axis. The ``*_surrogate`` forms return a scalar o
 """
 
 from ._common import sample_keys as sample_keys
+from ._control_variates import ControlVariate as ControlVariate
+from ._control_variates import baseline_control_variate as baseline_control_variate
+from ._control_variates import delta_method as delta_method
+from ._control_variates import with_control_variate as with_control_variate
 from ._distributions import Bernoulli as Bernoulli
 from ._distributions import Beta as Beta
 from ._distributions import Categorical as Categorical
