@@ -97,8 +97,16 @@ def coordinate_costs(
     return jax.lax.map(at_coordinate, (index, values.T), batch_size=batch_size).T
 
 
-def _default_batch_size(num_samples: int, dim: int) -> int:
-    return max(1, min(dim, _DEFAULT_STEP_ELEMENTS // (num_samples * 4 * dim)))
+def _step_sizes(num_samples: int, dim: int, batch_size: int | None) -> tuple[int, int]:
+    """(samples, coordinates) per vectorised step: about 2**24 perturbed-sample elements."""
+    if batch_size is None:
+        batch_size = max(1, min(dim, _DEFAULT_STEP_ELEMENTS // (4 * dim)))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"measure_valued: batch_size must be a Python int >= 1; got {batch_size!r}"
+        )
+    samples = max(1, min(num_samples, _DEFAULT_STEP_ELEMENTS // (4 * dim * batch_size)))
+    return samples, min(batch_size, dim)
 
 
 def measure_valued(
@@ -131,8 +139,10 @@ def measure_valued(
         ``fold_in`` of that key.
       num_samples: number of samples (static).
       coupling: share the random numbers of the positive and negative parts (lower variance).
-      batch_size: coordinates evaluated per vectorised step (static). Memory is
-        ``O(num_samples * batch_size * D)``; the default keeps one step near 2**24 elements.
+      batch_size: coordinates evaluated per vectorised step (static). Samples are processed in
+        chunks too, so that one step holds about ``max(2**24, 4 * batch_size * D)`` elements of
+        perturbed samples; memory is that plus the ``O(num_samples * D)`` output. The default
+        takes as many coordinates as fit (all of them for small D).
 
     Returns:
       A pytree like ``params``; each leaf ``[num_samples, *leaf.shape]``. Costs ``4 D``
@@ -166,12 +176,7 @@ def _loc_scale_jacobians(
     """
     event_shape = dist.event_shape
     dim = math.prod(event_shape)
-    if batch_size is None:
-        batch_size = _default_batch_size(num_samples, dim)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"measure_valued: batch_size must be a Python int >= 1; got {batch_size!r}"
-        )
+    sample_chunk, batch_size = _step_sizes(num_samples, dim, batch_size)
     loc = jax.lax.stop_gradient(jnp.reshape(dist.loc, (dim,)))
     scale = jax.lax.stop_gradient(jnp.reshape(dist.scale, (dim,)))
     base = jax.lax.stop_gradient(dist)
@@ -185,4 +190,4 @@ def _loc_scale_jacobians(
         g_scale = (costs[2] - costs[3]) / scale
         return g_loc.reshape(event_shape), g_scale.reshape(event_shape)
 
-    return jax.vmap(one_sample)(sample_keys(key, num_samples))
+    return jax.lax.map(one_sample, sample_keys(key, num_samples), batch_size=sample_chunk)
