@@ -1,0 +1,45 @@
+"""Defaults shared by the VAE configs (`experiments/configs/vae_*.py`); each overrides a few."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The default model (784-400-20 ReLU, pathwise) on dynamically binarised MNIST."""
+    config = ml_collections.ConfigDict()
+    config.runner = "vae"
+    config.seed = 0
+    # Data: "digits" (bundled), "mnist", "fashion_mnist". data_dir "" = $MNIST_DIR or the cache.
+    config.dataset = "mnist"
+    config.data_dir = ""
+    config.download = True
+    config.verify_checksums = True
+    config.binarization = "dynamic"  # or "static" (one fixed draw)
+    config.train_examples = 0  # 0 = all
+    config.test_examples = 0  # 0 = all
+    # Model.
+    config.hidden = (400,)
+    config.latent_dim = 20
+    config.activation = "relu"
+    # Estimator of the encoder's gradient: pathwise, score_function,
+    # score_function_moving_average, score_function_loo, score_function_nvil, iwae.
+    config.estimator = "pathwise"
+    config.num_samples = 5  # K, used by score_function_loo and iwae only
+    config.ma_decay = 0.99
+    config.baseline_hidden = (100,)  # NVIL's b(x)
+    config.baseline_learning_rate = 1e-3
+    # Training.
+    config.batch_size = 128
+    config.learning_rate = 1e-3
+    config.num_epochs = 10
+    config.checkpoint_every_steps = 2000
+    config.eval_every_epochs = 1
+    config.grad_var_every_epochs = 5
+    config.grad_var_num_estimates = 100
+    config.grad_var_batch_size = 128
+    config.train_time_budget_s = 0.0  # > 0: stop at the first epoch end past this many seconds
+    config.progress = True
+    # Evaluation: importance-sampled log p(x) with k samples, chunked.
+    config.ll_num_samples = 5000
+    config.ll_chunk_size = 500
+    config.ll_test_examples = 0  # 0 = the whole test set
+    return config

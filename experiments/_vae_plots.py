@@ -1,0 +1,126 @@
+"""Figures of the VAE runs, drawn only from saved results (``plot(workdir)`` redraws them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._workdir import read_json, save_figure
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(images: np.ndarray, shape: tuple[int, int], cols: int) -> np.ndarray:
+    """``[n, h*w]`` -> one ``[rows*h, cols*w]`` image (blank cells padded white)."""
+    h, w = shape
+    n = len(images)
+    rows = -(-n // cols)
+    out = np.ones((rows * h, cols * w), np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * h : (r + 1) * h, c * w : (c + 1) * w] = img.reshape(h, w)
+    return out
+
+
+def _image_shape(config: dict[str, Any], dim: int) -> tuple[int, int]:
+    side = int(round(dim**0.5))
+    if side * side != dim:
+        raise ValueError(f"cannot draw images of {dim} pixels as a square")
+    return side, side
+
+
+def _show(plt, image: np.ndarray, title: str, stem: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))
+    ax.imshow(image, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def plot_run(workdir: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> list[Path]:
+    """Samples, reconstructions, ELBO and gradient-variance curves, manifold (latent size 2)."""
+    plt = _pyplot()
+    workdir = Path(workdir)
+    paths: list[Path] = []
+    est = config["estimator"]
+    npz_path = workdir / "figures_data.npz"
+    if npz_path.exists():
+        arrays = np.load(npz_path)
+        shape = _image_shape(config, arrays["samples"].shape[1])
+        paths += _show(
+            plt, _grid(arrays["samples"], shape, 8), f"samples (means), {est}", workdir / "samples"
+        )
+        pairs = np.concatenate([arrays["originals"], arrays["reconstructions"]])
+        paths += _show(
+            plt,
+            _grid(pairs, shape, 16),
+            f"test images (top) and reconstructions (bottom), {est}",
+            workdir / "reconstructions",
+        )
+        if "manifold" in arrays:
+            m = arrays["manifold"]
+            side = int(round(len(m) ** 0.5))
+            paths += _show(
+                plt, _grid(m, shape, side), f"2-D latent manifold, {est}", workdir / "manifold"
+            )
+    if rows:
+        paths += plot_curves(workdir, {est: rows}, title=config["dataset"])
+    return paths
+
+
+def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: str) -> list[Path]:
+    """ELBO curves and gradient-variance curves of several estimators, one plot each."""
+    plt = _pyplot()
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in runs.items():
+        ep = [r["epoch"] for r in rows]
+        (line,) = ax.plot(ep, [-r["train_loss"] for r in rows], lw=1, alpha=0.6)
+        te = [(r["epoch"], r["test_elbo"]) for r in rows if "test_elbo" in r]
+        if te:
+            ax.plot(*zip(*te, strict=True), "o-", ms=3, color=line.get_color(), label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats); line: train estimate, dots: test")
+    ax.set_title(f"{title}: ELBO during training")
+    lows = [r.get("test_elbo", -r["train_loss"]) for rows in runs.values() for r in rows]
+    if lows:
+        ax.set_ylim(np.percentile(lows, 5) - 5, max(lows) + 5)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths += save_figure(fig, Path(workdir) / "elbo_curves")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in runs.items():
+        gv = [(r["epoch"], r["grad_var_mean"]) for r in rows if "grad_var_mean" in r]
+        if gv:
+            ax.semilogy(*zip(*gv, strict=True), "o-", ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("encoder gradient variance, mean over coordinates")
+    ax.set_title(f"{title}: variance of the encoder's gradient estimate")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    paths += save_figure(fig, Path(workdir) / "grad_variance_curves")
+    plt.close(fig)
+    return paths
+
+
+def read_rows(workdir: Path) -> list[dict[str, Any]]:
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def read_results(workdir: Path) -> dict[str, Any]:
+    return read_json(Path(workdir) / "results.json")

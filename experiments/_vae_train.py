@@ -1,0 +1,291 @@
+"""VAE training with each gradient estimator for the encoder: losses, the jitted epoch, evaluation.
+
+The encoder's gradient comes from the surrogate objectives of ``estimators`` applied, per
+example, to the cost ``f(z) = -log p(x|z)`` under ``q(z|x)``; the analytic KL is added outside
+the estimator (its gradient is exact). The decoder's gradient is exact in every case: the cost
+depends on the decoder's weights directly and the surrogates pass that dependence through.
+
+    pathwise                       pathwise_surrogate, one sample per example
+    score_function                 score_function_surrogate, no baseline
+    score_function_moving_average  ... baseline = moving average of past batches' mean cost
+    score_function_loo             ... K samples per example, leave-one-out baseline
+    score_function_nvil            ... baseline = moving average + b_psi(x), an MLP trained by
+                                   regression on the (stopped) cost (Mnih & Gregor 2014)
+    iwae                           pathwise_surrogate of -log (1/K) sum_k w_k under q(z|x)^K
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import estimators
+import models
+
+Array = jax.Array
+PyTree = Any
+
+ESTIMATORS = (
+    "pathwise",
+    "score_function",
+    "score_function_moving_average",
+    "score_function_loo",
+    "score_function_nvil",
+    "iwae",
+)
+MULTI_SAMPLE = ("score_function_loo", "iwae")  # use config.num_samples = K > 1 samples
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static pieces of a training run (they fix the traced program)."""
+
+    estimator: str
+    num_samples: int  # K for MULTI_SAMPLE estimators, else 1
+    batch_size: int
+    num_batches: int
+    dynamic: bool  # dynamic binarisation inside the scan
+    ma_decay: float
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    baseline_graphdef: Any = None
+    baseline_optimizer: optax.GradientTransformation | None = None
+
+
+def init_state(config, data_dim: int, key: Array) -> tuple[Setup, PyTree]:
+    """The ``Setup`` (minus batch counts) pieces and the initial training state pytree."""
+    k_model, k_base = jax.random.split(key)
+    model = models.VAE(
+        data_dim,
+        tuple(config.hidden),
+        config.latent_dim,
+        config.activation,
+        rngs=nnx.Rngs(params=k_model),
+    )
+    graphdef, params = nnx.split(model)
+    optimizer = optax.adam(config.learning_rate)
+    state = {
+        "params": params,
+        "opt": optimizer.init(params),
+        "ma": estimators.moving_average_init(),
+        "bparams": {},
+        "bopt": {},
+        "step": jnp.zeros((), jnp.int32),
+    }
+    bgraphdef = bopt = None
+    if config.estimator == "score_function_nvil":
+        bnet = models.MLP(
+            (data_dim, *tuple(config.baseline_hidden), 1),
+            "tanh",
+            rngs=nnx.Rngs(params=k_base),
+        )
+        bgraphdef, bparams = nnx.split(bnet)
+        bopt = optax.adam(config.baseline_learning_rate)
+        state["bparams"], state["bopt"] = bparams, bopt.init(bparams)
+    pieces = {
+        "graphdef": graphdef,
+        "optimizer": optimizer,
+        "baseline_graphdef": bgraphdef,
+        "baseline_optimizer": bopt,
+    }
+    return pieces, state
+
+
+def _example_loss(
+    model: models.VAE, x: Array, key: Array, baseline: Array, *, estimator: str, num_samples: int
+) -> tuple[Array, Array]:
+    """Surrogate loss for one example ``x: [D]`` and its (stopped) cost: ``([], [])``.
+
+    The loss's value is the negative ELBO estimate (negative IWAE bound for ``iwae``); its
+    gradient is the chosen estimator's. ``baseline: []`` is used by the baselined estimators.
+    """
+    enc = model.encoder_params(x)
+
+    def cost(z: Array) -> Array:
+        return -models.bernoulli_log_likelihood(model.decode(z), x)
+
+    if estimator == "pathwise":
+        s = estimators.pathwise_surrogate(cost, enc, models.posterior, key, num_samples=1)
+    elif estimator == "score_function":
+        s = estimators.score_function_surrogate(cost, enc, models.posterior, key, num_samples=1)
+    elif estimator in ("score_function_moving_average", "score_function_nvil"):
+        s = estimators.score_function_surrogate(
+            cost, enc, models.posterior, key, num_samples=1, baseline=baseline
+        )
+    elif estimator == "score_function_loo":
+        s = estimators.score_function_surrogate(
+            cost,
+            enc,
+            models.posterior,
+            key,
+            num_samples=num_samples,
+            baseline=estimators.leave_one_out_baseline,
+        )
+    elif estimator == "iwae":
+
+        def neg_bound(zs: Array) -> Array:  # zs: [K, L], one draw of q(z|x)^K
+            logw = jax.vmap(lambda z: models.log_weight(model, x, enc, z))(zs)
+            return -(jax.nn.logsumexp(logw) - math.log(num_samples))
+
+        def q_k(p: dict[str, Array]) -> estimators.Normal:
+            shape = (num_samples, *p["loc"].shape)
+            return models.posterior({k: jnp.broadcast_to(v, shape) for k, v in p.items()})
+
+        s = estimators.pathwise_surrogate(neg_bound, enc, q_k, key, num_samples=1)
+        return s, jax.lax.stop_gradient(s)
+    else:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+    return s + models.kl_standard_normal(enc), jax.lax.stop_gradient(s)
+
+
+def _baseline_values(setup: Setup, state: PyTree, xs: Array) -> Array:
+    """``[B]`` per-example baselines (zeros where unused)."""
+    b = estimators.moving_average_baseline(state["ma"])
+    if setup.estimator == "score_function_nvil":
+        bnet = nnx.merge(setup.baseline_graphdef, state["bparams"])
+        return b + bnet(xs)[:, 0]
+    return jnp.broadcast_to(b, xs.shape[:1])
+
+
+def batch_loss(
+    setup: Setup, params: PyTree, state: PyTree, xs: Array, key: Array
+) -> tuple[Array, Array]:
+    """Mean surrogate loss over a batch ``xs: [B, D]`` and the per-example costs ``[B]``."""
+    model = nnx.merge(setup.graphdef, params)
+    baselines = _baseline_values(setup, state, xs)
+    keys = jax.random.split(key, xs.shape[0])
+    losses, costs = jax.vmap(
+        lambda x, k, b: _example_loss(
+            model, x, k, b, estimator=setup.estimator, num_samples=setup.num_samples
+        )
+    )(xs, keys, baselines)
+    return jnp.mean(losses), costs
+
+
+def train_step(setup: Setup, state: PyTree, xs: Array, key: Array) -> tuple[PyTree, Array]:
+    """One Adam step on a batch ``xs: [B, D]`` (already binary); returns (state, loss ``[]``)."""
+    (loss, costs), grads = jax.value_and_grad(
+        lambda p: batch_loss(setup, p, state, xs, key), has_aux=True
+    )(state["params"])
+    updates, opt = setup.optimizer.update(grads, state["opt"], state["params"])
+    new = dict(state)
+    new["params"] = optax.apply_updates(state["params"], updates)
+    new["opt"] = opt
+    if setup.estimator == "score_function_nvil":
+        ma = estimators.moving_average_baseline(state["ma"])
+
+        def regression(bp):
+            bnet = nnx.merge(setup.baseline_graphdef, bp)
+            return jnp.mean(jnp.square(costs - ma - bnet(xs)[:, 0]))
+
+        bgrads = jax.grad(regression)(state["bparams"])
+        bupd, bopt = setup.baseline_optimizer.update(bgrads, state["bopt"], state["bparams"])
+        new["bparams"] = optax.apply_updates(state["bparams"], bupd)
+        new["bopt"] = bopt
+    new["ma"] = estimators.moving_average_update(state["ma"], costs, decay=setup.ma_decay)
+    new["step"] = state["step"] + 1
+    return new, loss
+
+
+def epoch_keys(seed: int, epoch: int) -> Array:
+    """The key of epoch ``epoch`` (0-based): a function of ``(seed, epoch)`` only."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), epoch)
+
+
+def make_train_epoch(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
+    """Jitted ``(state, train [N, D], epoch_key) -> (state, losses [num_batches])``.
+
+    Shuffles, binarises each batch (dynamic binarisation, its own key per step) and takes
+    ``num_batches`` steps in one ``lax.scan``; the data stay on the device.
+    """
+
+    def epoch(state, train, key):
+        k_perm, k_steps = jax.random.split(key)
+        perm = jax.random.permutation(k_perm, train.shape[0])
+        idx = perm[: setup.num_batches * setup.batch_size].reshape(
+            setup.num_batches, setup.batch_size
+        )
+        step_keys = jax.random.split(k_steps, setup.num_batches)
+
+        def body(state, inp):
+            i, k = inp
+            k_bin, k_est = jax.random.split(k)
+            xs = train[i]
+            if setup.dynamic:
+                xs = jax.random.bernoulli(k_bin, xs).astype(xs.dtype)
+            return train_step(setup, state, xs, k_est)
+
+        return jax.lax.scan(body, state, (idx, step_keys))
+
+    return jax.jit(epoch)
+
+
+def make_grad_variance(setup: Setup, num_estimates: int) -> Callable[..., dict[str, Array]]:
+    """Jitted ``(state, xs [B, D], key) -> {"mean": [], "trace": []}``.
+
+    ``num_estimates`` independent estimates of the gradient of the batch loss with respect to
+    the ENCODER's weights, at fixed parameters and a fixed (binary) batch; returns the
+    per-coordinate variance (ddof 1) averaged over coordinates, and summed (the trace of the
+    covariance).
+    """
+
+    def one(state, xs, key):
+        grads = jax.grad(lambda p: batch_loss(setup, p, state, xs, key)[0])(state["params"])
+        return jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads["encoder"])])
+
+    def variance(state, xs, key):
+        keys = jax.random.split(key, num_estimates)
+        g = jax.lax.map(lambda k: one(state, xs, k), keys)  # [M, P], one estimate at a time
+        var = jnp.var(g, axis=0, ddof=1)
+        return {"mean": jnp.mean(var), "trace": jnp.sum(var)}
+
+    return jax.jit(variance)
+
+
+def make_evaluate(graphdef, *, ll_num_samples: int, ll_chunk_size: int, batch: int = 8):
+    """Jitted ``(params, test [N, D] binary, key) -> {"elbo": [N], "log_likelihood": [N]}``."""
+
+    def evaluate(params, xs, key):
+        model = nnx.merge(graphdef, params)
+        k_elbo, k_ll = jax.random.split(key)
+        n = xs.shape[0]
+        elbo = jax.lax.map(
+            lambda a: models.elbo(model, a[0], a[1]),
+            (xs, jax.random.split(k_elbo, n)),
+            batch_size=min(n, 500),
+        )
+        ll = jax.lax.map(
+            lambda a: models.log_likelihood(
+                model, a[0], a[1], num_samples=ll_num_samples, chunk_size=ll_chunk_size
+            ),
+            (xs, jax.random.split(k_ll, n)),
+            batch_size=min(n, batch),
+        )
+        return {"elbo": elbo, "log_likelihood": ll}
+
+    return jax.jit(evaluate)
+
+
+def make_test_elbo(graphdef):
+    """Jitted ``(params, test [N, D] binary, key) -> [N]`` single-sample ELBOs."""
+
+    def test_elbo(params, xs, key):
+        model = nnx.merge(graphdef, params)
+        return jax.lax.map(
+            lambda a: models.elbo(model, a[0], a[1]),
+            (xs, jax.random.split(key, xs.shape[0])),
+            batch_size=min(xs.shape[0], 500),
+        )
+
+    return jax.jit(test_elbo)

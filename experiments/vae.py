@@ -1,0 +1,425 @@
+"""VAE runner: train a Flax NNX VAE whose encoder gradient comes from one estimator, evaluate it.
+
+Writes into the workdir: ``metrics.jsonl`` (one line per epoch: training loss, test ELBO, the
+encoder's gradient variance at intervals, time), ``results.json`` (test ELBO, importance-sampled
+test log-likelihood, mean gradient variance, wall time, examples/s), ``figures_data.npz``
+(samples, reconstructions, the latent manifold), the figures (PNG + PDF), and orbax checkpoints
+in ``checkpoints/``. ``RESUMABLE``: ``--resume`` continues from the last checkpoint and ends
+with the same parameters, bit for bit, as an uninterrupted run (every random draw of epoch
+``e`` comes from a key that depends only on ``(seed, e)``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from . import _vae_plots, _vae_train, data
+from ._vae_train import ESTIMATORS, MULTI_SAMPLE, TrainingDiverged
+from ._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
+
+RESUMABLE = True
+_TEST_BINARIZATION_SEED = 0  # every run, whatever its seed, is evaluated on the same test bits
+
+
+def _positive_int(config, key: str, minimum: int = 1) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"config.{key} must be an int >= {minimum}; got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the first bad value; nothing is written before this passes."""
+    if config.estimator not in ESTIMATORS:
+        raise ValueError(
+            f"config.estimator: unknown estimator {config.estimator!r}; choose one of {ESTIMATORS}"
+        )
+    if config.dataset not in data.DATASETS:
+        raise ValueError(
+            f"config.dataset: unknown dataset {config.dataset!r}; choose one of {data.DATASETS}"
+        )
+    if config.binarization not in ("dynamic", "static"):
+        raise ValueError(
+            f"config.binarization must be 'dynamic' or 'static'; got {config.binarization!r}"
+        )
+    from models._vae import ACTIVATIONS
+
+    if config.activation not in ACTIVATIONS:
+        raise ValueError(
+            f"config.activation: unknown {config.activation!r}; choose one of {sorted(ACTIVATIONS)}"
+        )
+    if not config.hidden or min(config.hidden) < 1:
+        raise ValueError(f"config.hidden must be positive layer sizes; got {config.hidden}")
+    for key in (
+        "latent_dim",
+        "batch_size",
+        "num_epochs",
+        "checkpoint_every_steps",
+        "eval_every_epochs",
+        "grad_var_every_epochs",
+        "grad_var_batch_size",
+        "ll_num_samples",
+        "ll_chunk_size",
+    ):
+        _positive_int(config, key)
+    _positive_int(config, "grad_var_num_estimates", 2)
+    for key in ("train_examples", "test_examples", "ll_test_examples"):
+        _positive_int(config, key, 0)
+    _positive_int(config, "num_samples", 2 if config.estimator == "score_function_loo" else 1)
+    if config.ll_num_samples % config.ll_chunk_size:
+        raise ValueError(
+            f"config.ll_num_samples={config.ll_num_samples} must be a multiple of "
+            f"config.ll_chunk_size={config.ll_chunk_size}"
+        )
+    for key in ("learning_rate", "baseline_learning_rate"):
+        if not config[key] > 0:
+            raise ValueError(f"config.{key} must be > 0; got {config[key]}")
+    if not 0 <= config.ma_decay < 1:
+        raise ValueError(f"config.ma_decay must be in [0, 1); got {config.ma_decay}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def _load(config) -> tuple[data.Dataset, np.ndarray, np.ndarray]:
+    """The data set, the training images (binary if static) and the binary test images."""
+    ds = data.load_dataset(
+        config.dataset,
+        config.data_dir or None,
+        download=config.download,
+        verify=config.verify_checksums,
+    )
+    train, test = ds.train, ds.test
+    if config.train_examples:
+        train = train[: config.train_examples]
+    if config.test_examples:
+        test = test[: config.test_examples]
+    if config.batch_size > len(train):
+        raise ValueError(f"config.batch_size={config.batch_size} > {len(train)} training examples")
+    key = jax.random.key(_TEST_BINARIZATION_SEED)
+    test = np.asarray(data.binarize(jax.random.fold_in(key, 1), jnp.asarray(test)))
+    if config.binarization == "static":
+        train = np.asarray(data.binarize(jax.random.fold_in(key, 2), jnp.asarray(train)))
+    return ds, train, test
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (orbax): the training state's leaves, flattened, plus the last finished epoch.
+
+
+def _manager(workdir: Path):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        (workdir / "checkpoints").resolve(),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True, enable_async_checkpointing=False
+        ),
+    )
+
+
+def _to_tree(state, epoch: int) -> dict[str, Any]:
+    leaves = jax.tree.leaves(state)
+    return {
+        "leaves": {f"{i:04d}": np.asarray(v) for i, v in enumerate(leaves)},
+        "epoch": np.asarray(epoch, np.int64),
+    }
+
+
+def _save(manager, state, epoch: int) -> None:
+    import orbax.checkpoint as ocp
+
+    step = int(state["step"])
+    if manager.latest_step() == step:
+        return
+    manager.save(step, args=ocp.args.StandardSave(_to_tree(state, epoch)))
+    manager.wait_until_finished()
+
+
+def _restore(manager, template) -> tuple[Any, int] | None:
+    """The latest checkpoint as (state, last finished epoch), or ``None`` if there is none."""
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step()
+    if step is None:
+        return None
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), _to_tree(template, 0)
+    )
+    tree = manager.restore(step, args=ocp.args.StandardRestore(target))
+    treedef = jax.tree.structure(template)
+    leaves = [jnp.asarray(tree["leaves"][f"{i:04d}"]) for i in range(treedef.num_leaves)]
+    return jax.tree.unflatten(treedef, leaves), int(tree["epoch"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) -> dict:
+    """Train, checkpoint, evaluate and plot; returns the contents of ``results.json``."""
+    validate(config)
+    workdir = Path(workdir)
+    ds, train_np, test_np = _load(config)
+    data_dim = train_np.shape[1]
+    base = jax.random.key(config.seed)
+    pieces, state = _vae_train.init_state(config, data_dim, jax.random.fold_in(base, 0))
+    num_batches = len(train_np) // config.batch_size
+    setup = _vae_train.Setup(
+        estimator=config.estimator,
+        num_samples=config.num_samples if config.estimator in MULTI_SAMPLE else 1,
+        batch_size=config.batch_size,
+        num_batches=num_batches,
+        dynamic=config.binarization == "dynamic",
+        ma_decay=config.ma_decay,
+        **pieces,
+    )
+    manager = _manager(workdir)
+    start_epoch, rows = 0, []
+    if resume:
+        restored = _restore(manager, state)
+        if restored is not None:
+            state, last_epoch = restored
+            start_epoch = last_epoch + 1
+            rows = [r for r in _read_metrics(workdir) if r["epoch"] <= last_epoch]
+            print(
+                f"resuming after epoch {last_epoch + 1} (step {int(state['step'])})",
+                file=sys.stderr,
+            )
+    elif manager.latest_step() is not None:
+        raise WorkdirError(
+            f"{workdir / 'checkpoints'} holds checkpoints of another run; pass resume=True "
+            "(--resume) to continue it, or use an empty workdir"
+        )
+
+    train = jnp.asarray(train_np)
+    test = jnp.asarray(test_np)
+    var_batch = jnp.asarray(
+        np.asarray(
+            data.binarize(
+                jax.random.fold_in(base, 3), jnp.asarray(train_np[: config.grad_var_batch_size])
+            )
+        )
+    )
+    t0 = time.perf_counter()
+    train_epoch = (
+        _vae_train.make_train_epoch(setup)
+        .lower(state, train, _vae_train.epoch_keys(0, 0))
+        .compile()
+    )
+    compile_time = time.perf_counter() - t0
+    grad_variance = _vae_train.make_grad_variance(setup, config.grad_var_num_estimates)
+    test_elbo_fn = _vae_train.make_test_elbo(setup.graphdef)
+
+    from tqdm import tqdm
+
+    saved_step = int(state["step"])
+    bar = tqdm(
+        range(start_epoch, config.num_epochs),
+        initial=start_epoch,
+        total=config.num_epochs,
+        desc=f"vae {config.estimator}",
+        disable=not config.progress,
+        file=sys.stderr,
+        mininterval=1.0,
+    )
+    good_state, good_epoch = state, start_epoch - 1
+    loop_start = time.perf_counter()
+    stopped_by_budget = False
+    last_elbo = ""
+    try:
+        for epoch in bar:
+            t = time.perf_counter()
+            new_state, losses = train_epoch(state, train, _vae_train.epoch_keys(config.seed, epoch))
+            losses = np.asarray(losses)
+            seconds = time.perf_counter() - t
+            if not np.all(np.isfinite(losses)):
+                bad = int(np.argmin(np.isfinite(losses)))
+                raise TrainingDiverged(
+                    f"estimator {config.estimator}: training loss is {losses[bad]} at step "
+                    f"{int(state['step']) + bad + 1} (epoch {epoch + 1}); run stopped, the last "
+                    f"good checkpoint (end of epoch {epoch}) is kept in {workdir / 'checkpoints'}"
+                )
+            state = new_state
+            good_state, good_epoch = state, epoch
+            row = {
+                "epoch": epoch + 1,
+                "step": int(state["step"]),
+                "train_loss": float(losses.mean()),
+                "epoch_time_s": seconds,
+                "examples_per_s": num_batches * config.batch_size / seconds,
+            }
+            if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
+                row["test_elbo"] = float(
+                    jnp.mean(test_elbo_fn(state["params"], test, jax.random.fold_in(base, 4)))
+                )
+            if (
+                epoch == 0
+                or (epoch + 1) % config.grad_var_every_epochs == 0
+                or epoch + 1 == config.num_epochs
+            ):
+                gv = grad_variance(
+                    state, var_batch, jax.random.fold_in(jax.random.fold_in(base, 5), epoch)
+                )
+                row["grad_var_mean"] = float(gv["mean"])
+                row["grad_var_trace"] = float(gv["trace"])
+            row["loop_time_s"] = time.perf_counter() - t
+            rows.append(row)
+            _write_metrics(workdir, rows)
+            if "test_elbo" in row:
+                last_elbo = f"{row['test_elbo']:.2f}"
+            bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_elbo=last_elbo, refresh=False)
+            if (
+                int(state["step"]) // config.checkpoint_every_steps
+                > saved_step // config.checkpoint_every_steps
+            ):
+                _save(manager, state, epoch)
+                saved_step = int(state["step"])
+            budget = config.train_time_budget_s
+            if (
+                budget
+                and time.perf_counter() - loop_start >= budget
+                and epoch + 1 < config.num_epochs
+            ):
+                stopped_by_budget = True
+                print(
+                    f"time budget of {budget} s reached after epoch {epoch + 1}; training stops",
+                    file=sys.stderr,
+                )
+                break
+    finally:
+        bar.close()
+        if (
+            good_epoch >= 0
+        ):  # checkpoint on exit (normal, interrupt or divergence): the last good state
+            _save(manager, good_state, good_epoch)
+
+    results = _evaluate_and_finish(config, workdir, setup, state, test, rows, compile_time, base)
+    results["stopped_by_time_budget"] = stopped_by_budget
+    write_json(workdir / "results.json", results)
+    return results
+
+
+def _evaluate_and_finish(config, workdir, setup, state, test, rows, compile_time, base) -> dict:
+    params = state["params"]
+    t = time.perf_counter()
+    ll_test = test[: config.ll_test_examples] if config.ll_test_examples else test
+    evaluate = _vae_train.make_evaluate(
+        setup.graphdef, ll_num_samples=config.ll_num_samples, ll_chunk_size=config.ll_chunk_size
+    )
+    elbo = np.asarray(
+        _vae_train.make_test_elbo(setup.graphdef)(params, test, jax.random.fold_in(base, 6))
+    )
+    ll = np.asarray(evaluate(params, ll_test, jax.random.fold_in(base, 7))["log_likelihood"])
+    eval_time = time.perf_counter() - t
+    if not (np.all(np.isfinite(elbo)) and np.all(np.isfinite(ll))):
+        raise TrainingDiverged(
+            f"estimator {config.estimator}: non-finite test ELBO or log-likelihood"
+        )
+    gv = [r["grad_var_mean"] for r in rows if "grad_var_mean" in r]
+    gt = [r["grad_var_trace"] for r in rows if "grad_var_trace" in r]
+    elbo_mean, elbo_se = _mean_se(elbo)
+    ll_mean, ll_se = _mean_se(ll)
+    results = {
+        "estimator": config.estimator,
+        "dataset": config.dataset,
+        "binarization": config.binarization,
+        "architecture": f"{setup_arch(config, test.shape[1])}",
+        "num_samples": setup.num_samples,
+        "epochs": len(rows),
+        "steps": int(state["step"]),
+        "final_train_loss": rows[-1]["train_loss"] if rows else None,
+        "test_elbo": elbo_mean,
+        "test_elbo_se": elbo_se,
+        "test_examples": int(test.shape[0]),
+        "test_log_likelihood": ll_mean,
+        "test_log_likelihood_se": ll_se,
+        "ll_num_samples": config.ll_num_samples,
+        "ll_test_examples": int(ll_test.shape[0]),
+        "grad_var_mean": float(np.mean(gv)) if gv else None,
+        "grad_var_trace": float(np.mean(gt)) if gt else None,
+        "train_wall_time_s": float(sum(r["epoch_time_s"] for r in rows)),
+        "train_loop_time_s": float(sum(r.get("loop_time_s", r["epoch_time_s"]) for r in rows)),
+        "examples_per_s": float(np.median([r["examples_per_s"] for r in rows])) if rows else None,
+        "compile_time_s": compile_time,
+        "eval_time_s": eval_time,
+    }
+    write_json(workdir / "results.json", results)
+    _save_figure_data(config, workdir, setup, params, test, base)
+    plot(workdir)
+    print(
+        f"{config.estimator}: test ELBO {elbo_mean:.2f} ± {elbo_se:.2f}, test log-likelihood "
+        f"(k={config.ll_num_samples}, {ll_test.shape[0]} examples) {ll_mean:.2f} ± {ll_se:.2f}",
+        file=sys.stderr,
+    )
+    return results
+
+
+def setup_arch(config, data_dim: int) -> str:
+    """``784-400-20/20-400-784 relu``."""
+    h = list(config.hidden)
+    enc = "-".join(str(s) for s in [data_dim, *h, config.latent_dim])
+    dec = "-".join(str(s) for s in [config.latent_dim, *h[::-1], data_dim])
+    return f"{enc}/{dec} {config.activation}"
+
+
+def _save_figure_data(config, workdir, setup, params, test, base) -> None:
+    """Samples, reconstructions and (latent size 2) the manifold, for :func:`plot`."""
+    from flax import nnx
+
+    model = nnx.merge(setup.graphdef, params)
+    k_prior, k_rec = jax.random.split(jax.random.fold_in(base, 8))
+    z = jax.random.normal(k_prior, (64, config.latent_dim))
+    arrays = {
+        "samples": np.asarray(jax.nn.sigmoid(model.decode(z))),
+        "originals": np.asarray(test[:16]),
+    }
+    q = model.encode(test[:16])
+    arrays["reconstructions"] = np.asarray(jax.nn.sigmoid(model.decode(q.sample(k_rec))))
+    if config.latent_dim == 2:
+        from scipy.stats import norm
+
+        grid = norm.ppf(np.linspace(0.05, 0.95, 15))
+        zz = np.stack(np.meshgrid(grid, grid[::-1]), -1).reshape(-1, 2).astype(np.float32)
+        arrays["manifold"] = np.asarray(jax.nn.sigmoid(model.decode(jnp.asarray(zz))))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(workdir / "figures_data.npz", buf.getvalue())
+
+
+def plot(workdir: Path) -> list[Path]:
+    """Redraw the run's figures from ``metrics.jsonl``, ``results.json``, ``figures_data.npz``."""
+    workdir = Path(workdir)
+    config = read_json(workdir / "config.json")
+    return _vae_plots.plot_run(workdir, config, _read_metrics(workdir))
