@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import hashlib
 import os
@@ -264,11 +265,24 @@ def load_idx(
 ) -> dict[str, np.ndarray]:
     """The four verified IDX arrays: images ``[n, 28, 28]`` and labels ``[n]``, uint8."""
     paths = find_files(dataset, data_dir, download=download)
+    stamp = tuple(
+        (k, str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for k, p in paths.items()
+    )
+    return dict(_load_idx_cached(dataset, stamp, verify))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_idx_cached(
+    dataset: str, stamp: tuple, verify: bool
+) -> tuple[tuple[str, np.ndarray], ...]:
+    """Read and verify once per (files, modification times): runs in one process share it."""
     specs = _FILES[dataset]
-    return {
-        key: parse_idx(_read_verified(path, specs[key], verify=verify), source=str(path))
-        for key, path in paths.items()
-    }
+    out = []
+    for key, path, _, _ in stamp:
+        array = parse_idx(_read_verified(Path(path), specs[key], verify=verify), source=path)
+        array.flags.writeable = False
+        out.append((key, array))
+    return tuple(out)
 
 
 def load_digits(*, num_test: int = 297) -> Dataset:
