@@ -127,6 +127,11 @@ def log_weight(model: VAE, x: Array, params: dict[str, Array], z: Array) -> Arra
     )
 
 
+def _draw(q: estimators.Normal, key: Array, n: int) -> Array:
+    """``[n, L]`` samples, sample ``i`` from ``split(key, n)[i]`` (as the estimators draw)."""
+    return jax.vmap(q.sample)(jax.random.split(key, n))
+
+
 def elbo(model: VAE, x: Array, key: Array) -> Array:
     r"""Single-sample ELBO with analytic KL, :math:`\log p(x|z) - KL(q(z|x)\|p(z))`, ``z ~ q``.
 
@@ -144,7 +149,7 @@ def iwae_bound(model: VAE, x: Array, key: Array, *, num_samples: int) -> Array:
     increases with ``K = num_samples`` towards :math:`\log p(x)`.
     """
     params = model.encoder_params(x)
-    zs = posterior(params).sample(key, (num_samples,))
+    zs = _draw(posterior(params), key, num_samples)
     logw = jax.vmap(lambda z: log_weight(model, x, params, z))(zs)
     return jax.nn.logsumexp(logw) - math.log(num_samples)
 
@@ -167,7 +172,7 @@ def log_likelihood(
     q = posterior(params)
 
     def chunk(k: Array) -> Array:
-        zs = q.sample(k, (chunk_size,))
+        zs = _draw(q, k, chunk_size)
         logw = jax.vmap(lambda z: log_weight(model, x, params, z))(zs)
         return jax.nn.logsumexp(logw)
 
