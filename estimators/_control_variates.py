@@ -187,13 +187,13 @@ def _correction(
     total = jax.grad(lambda p: cv.expectation(dist_builder(p)))(params)
     xs = jax.lax.stop_gradient(draw(dist_builder, params, sample_keys(key, num_samples)))
     share = jax.vmap(lambda x: jax.grad(lambda p: cv.value(dist_builder(p), x))(params))(xs)
-    return jax.tree.map(lambda t, s: t - s, total, share)
+    return jax.tree.map(lambda t, s: t[None] - s, total, share)
 
 
 def _optimal_coefficient(jac_f: Array, jac_h: Array) -> Array:
     """Per-element ``Cov(jac_f, jac_h) / Var(jac_h)`` over axis 0 (0 where ``Var = 0``)."""
-    cf = jac_f - jnp.mean(jac_f, axis=0)
-    ch = jac_h - jnp.mean(jac_h, axis=0)
+    cf = jac_f - jnp.mean(jac_f, axis=0, keepdims=True)
+    ch = jac_h - jnp.mean(jac_h, axis=0, keepdims=True)
     cov = jnp.mean(cf * ch, axis=0)
     var = jnp.mean(jnp.square(ch), axis=0)
     return jax.lax.stop_gradient(jnp.where(var > 0, cov / jnp.where(var > 0, var, 1), 0.0))
@@ -262,7 +262,7 @@ def with_control_variate(
         cf, cd = residual(coef_key, num_coefficient_samples)
         coefs = jax.tree.map(_optimal_coefficient, cf, cd)
         jac_f, jac_d = residual(key, num_samples)
-        return jax.tree.map(lambda a, d, c: a - c * d, jac_f, jac_d, coefs)
+        return jax.tree.map(lambda a, d, c: a - c[None] * d, jac_f, jac_d, coefs)
     c = coefficient
     if isinstance(c, int | float) and not math.isfinite(c):
         raise ValueError(f"{who}: coefficient must be finite; got {coefficient!r}")

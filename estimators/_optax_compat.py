@@ -186,8 +186,8 @@ def moving_avg_baseline(
 
 def _cv_coefficient(jac_f: Array, jac_cv: Array, eps: float = 1e-3) -> Array:
     """optax's pooled coefficient: sum of covariances / (sum of variances + eps), one per leaf."""
-    cf = jac_f - jnp.mean(jac_f, axis=0)
-    ch = jac_cv - jnp.mean(jac_cv, axis=0)
+    cf = jac_f - jnp.mean(jac_f, axis=0, keepdims=True)
+    ch = jac_cv - jnp.mean(jac_cv, axis=0, keepdims=True)
     cov = jnp.sum(jnp.mean(cf * ch, axis=0))
     return jax.lax.stop_gradient(cov / (jnp.sum(jnp.mean(jnp.square(ch), axis=0)) + eps))
 
