@@ -263,7 +263,7 @@ def control_variates_jacobians(
     )
     expectation_grad = jax.grad(lambda p: cv_expectation(p, state))(params)
     jacobians = [
-        fj - c * (cj + ps - eg)
+        fj - c * (cj + ps - eg[None])
         for fj, cj, ps, eg, c in zip(
             f_jac, cv_jac, point_share, expectation_grad, coefs, strict=True
         )
