@@ -95,10 +95,13 @@ def evaluate(
       ``{"elbo": [], "accuracy": []}``: the ELBO (Monte Carlo expected log-likelihood minus the
       closed-form KL) and the expected accuracy :math:`E_q[\mathrm{accuracy}(w)]`.
     """
-    ws = posterior(params).sample(key, (num_samples,))
-    loglik = jax.vmap(log_likelihood, in_axes=(0, None, None))(ws, features, labels)
-    acc = jax.vmap(accuracy, in_axes=(0, None, None))(ws, features, labels)
-    return {"elbo": jnp.mean(loglik) - kl_to_prior(params), "accuracy": jnp.mean(acc)}
+    q = posterior(params)
+    eps = jax.random.normal(key, (num_samples, q.loc.shape[0]), q.loc.dtype)
+    ws = q.loc[None] + q.scale[None] * eps  # [num_samples, D]
+    logits = ws @ features.T  # [num_samples, B]: one product serves both metrics
+    loglik = jnp.sum(labels[None] * logits - softplus(logits), axis=1)
+    correct = (logits > 0) == (labels[None] > 0.5)
+    return {"elbo": jnp.mean(loglik) - kl_to_prior(params), "accuracy": jnp.mean(correct)}
 
 
 def _replacements(key: Array, loc: Array, scale: Array, coupling: bool) -> Array:
@@ -169,10 +172,11 @@ def log_likelihood_measure_valued(
 
     def one_sample(k: Array) -> tuple[Array, Array]:
         w = dist.sample(k)  # the draw of estimators.measure_valued / pathwise with this key
-        delta = _replacements(k, loc, sigma, coupling) - w  # [4, D]
+        delta = _replacements(k, loc, sigma, coupling) - w[None]  # [4, D]
         # Summed softplus of the perturbed logits, [4, D].
-        sp = jnp.sum(softplus(features @ w + delta[..., None] * features.T), axis=-1)
-        diff = scale * (yx * (delta[0::2] - delta[1::2]) - (sp[0::2] - sp[1::2]))  # [2, D]
+        z = features @ w  # [B]
+        sp = jnp.sum(softplus(z[None, None] + delta[..., None] * features.T[None]), axis=-1)
+        diff = scale * (yx[None] * (delta[0::2] - delta[1::2]) - (sp[0::2] - sp[1::2]))  # [2, D]
         g_loc = diff[0] / (sigma * math.sqrt(2 * math.pi))
         g_log_scale = diff[1]  # (f+ - f-) / sigma, times d sigma / d log_scale = sigma
         return g_loc, g_log_scale

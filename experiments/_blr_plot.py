@@ -1,0 +1,173 @@
+"""Figures 8, 9, 11 and 12 of Mohamed et al. (2020) from the saved arrays of a BLR run.
+
+Curves are the mean over seeds, bands the range (min to max) over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from ._blr_train import LABELS
+from ._workdir import save_figure
+
+COLORS = {
+    "score_function": "tab:red",
+    "score_function_moving_average": "tab:orange",
+    "score_function_delta": "tab:purple",
+    "pathwise": "tab:blue",
+    "pathwise_delta": "tab:cyan",
+    "measure_valued": "tab:green",
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(ax, x, per_seed: np.ndarray, color: str, label: str | None, log: bool = False):
+    """Mean over seeds (axis 0) as a line, min-max over seeds as a band."""
+    mean = np.exp(np.log(per_seed).mean(axis=0)) if log else per_seed.mean(axis=0)
+    ax.plot(x, mean, color=color, label=label, lw=1.2)
+    if per_seed.shape[0] > 1:
+        ax.fill_between(x, per_seed.min(axis=0), per_seed.max(axis=0), color=color, alpha=0.2)
+
+
+def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
+    """Per-feature variance of the log-scale gradient over training: score function, pathwise."""
+    plt = _plt()
+    steps = arrays["steps"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, variant in zip(axes, ("score_function", "pathwise"), strict=True):
+        var = arrays[f"{variant}/var_log_scale"]  # [S, E, D]
+        per_feature = np.exp(np.log(var).mean(axis=0))  # geometric mean over seeds, [E, D]
+        colors = plt.cm.viridis(np.linspace(0, 1, var.shape[-1]))
+        for d in range(var.shape[-1]):
+            ax.plot(steps, per_feature[:, d], color=colors[d], lw=0.6, alpha=0.8)
+        _band(ax, steps, var.mean(axis=-1), "black", "mean over features", log=True)
+        ax.set_yscale("log")
+        ax.set_title(f"{LABELS[variant]}: Var of d/d log-scale, per feature")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3, which="major")
+    axes[0].set_ylabel("single-sample variance")
+    axes[0].legend(loc="upper right", fontsize=8)
+    fig.suptitle(
+        f"Bayesian logistic regression, {var.shape[-1]} features (colour = feature index); "
+        f"{var.shape[0]} seeds",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
+    """ELBO, accuracy and the average gradient variances over training, every variant."""
+    plt = _plt()
+    steps = arrays["steps"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    panels = (
+        ("elbo", "ELBO (full data)", False),
+        ("accuracy", "accuracy (full data)", False),
+        ("var_loc", "Var of d/d mean (average over features)", True),
+        ("var_log_scale", "Var of d/d log-scale (average over features)", True),
+    )
+    lows = []
+    for ax, (name, title, log) in zip(axes.flat, panels, strict=True):
+        for variant in config.variants:
+            per_seed = arrays[f"{variant}/{name}"]
+            if per_seed.ndim == 3:
+                per_seed = per_seed.mean(axis=-1)
+            _band(ax, steps, per_seed, COLORS[variant], LABELS[variant], log=log)
+            if name == "elbo":
+                lows.append(np.percentile(per_seed.mean(axis=0), 5))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        if log:
+            ax.set_yscale("log")
+    # The first few hundred steps of ELBO are far below the rest; show the interesting part.
+    top = max(arrays[f"{v}/elbo"].max() for v in config.variants)
+    low = min(lows)
+    axes[0, 0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
+    axes[0, 1].legend(loc="lower right", fontsize=8)
+    n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
+    fig.suptitle(
+        f"Bayesian logistic regression: N = {config.num_samples} samples, batch "
+        f"{config.batch_size}, {n_seeds} seeds (line = mean, band = range over seeds)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
+    plt = _plt()
+    values = arrays["sweep_values"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, variant in enumerate(config.variants):
+        finals = np.stack(
+            [arrays[f"{variant}/{config.sweep}={v}/elbo"][:, -1] for v in values], axis=1
+        )  # [S, V]
+        # Small horizontal offsets keep the error bars of different variants apart.
+        x = values * (1 + 0.03 * (i - (len(config.variants) - 1) / 2))
+        ax.errorbar(
+            x,
+            finals.mean(axis=0),
+            yerr=finals.std(axis=0),
+            color=COLORS[variant],
+            label=LABELS[variant],
+            marker="o",
+            ms=3,
+            capsize=2,
+            lw=1.2,
+        )
+    ax.set_xscale("log")
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"ELBO after {config.steps} steps")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def fig11(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
+    """Final ELBO against the number of samples N (mean and sd over seeds)."""
+    n = arrays[f"{config.variants[0]}/{config.sweep}={arrays['sweep_values'][0]}/elbo"].shape[0]
+    return _sweep(
+        config,
+        arrays,
+        stem,
+        "number of samples N per gradient estimate",
+        f"Final ELBO against N (batch {config.batch_size}; mean ± sd over {n} seeds)",
+    )
+
+
+def fig12(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
+    """Final ELBO against the minibatch size (mean and sd over seeds)."""
+    n = arrays[f"{config.variants[0]}/{config.sweep}={arrays['sweep_values'][0]}/elbo"].shape[0]
+    return _sweep(
+        config,
+        arrays,
+        stem,
+        "minibatch size",
+        f"Final ELBO against batch size (N = {config.num_samples}; mean ± sd over {n} seeds)",
+    )
+
+
+DRAW = {"fig8": fig8, "fig9": fig9, "fig11": fig11, "fig12": fig12}

@@ -1,0 +1,224 @@
+"""Bayesian logistic regression (Mohamed et al. 2020, section 8.3, Figures 8, 9, 11 and 12).
+
+A mean-field Gaussian posterior over the 31 weights of a logistic regression on the
+breast-cancer data is trained by SGD on the ELBO, its gradient estimated by each variant
+(score function, + moving-average baseline, + delta method; pathwise, + delta method;
+measure-valued with coupling). Every ``eval_every`` steps the ELBO, the accuracy and the
+per-coordinate variance of the gradient estimator are measured on the full data set.
+
+One jitted program per variant (and sweep value) trains all seeds at once (``vmap``) with the
+steps as a ``lax.scan``. Results: ``results.npz`` (every curve, per seed), ``summary.json``
+(final values and timings), figures ``fig8``/``fig9``/``fig11``/``fig12`` (PNG and PDF).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from . import _blr_plot
+from ._blr_data import breast_cancer
+from ._blr_train import VARIANTS, Settings, make_program
+from ._workdir import atomic_write_bytes, read_json, write_json
+
+NUM_DATA = 569
+FIGURES = {"fig8": "", "fig9": "", "fig11": "num_samples", "fig12": "batch_size"}
+SWEEPS = ("", "num_samples", "batch_size")
+
+
+def _positive_int(config: ml_collections.ConfigDict, name: str, minimum: int = 1) -> int:
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"config.{name} must be an int >= {minimum}; got {value!r}")
+    return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the first bad value; nothing has been written yet."""
+    variants = tuple(config.variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(
+            f"config.variants: unknown variant(s) {unknown or variants!r}; "
+            f"choose from {', '.join(VARIANTS)}"
+        )
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"config.variants lists a variant twice: {variants!r}")
+    for name in ("steps", "eval_every", "num_seeds", "num_samples", "eval_samples"):
+        _positive_int(config, name)
+    if config.steps % config.eval_every:
+        raise ValueError(
+            f"config.eval_every ({config.eval_every}) must divide config.steps ({config.steps})"
+        )
+    batch = _positive_int(config, "batch_size")
+    if batch > NUM_DATA:
+        raise ValueError(f"config.batch_size must be <= {NUM_DATA} (the data set); got {batch}")
+    for name in ("variance_samples", "measure_valued_variance_samples"):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value == 1 or value < 0:
+            raise ValueError(f"config.{name} must be 0 (off) or an int >= 2; got {value!r}")
+    lr = config.learning_rate
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"config.learning_rate must be a finite number > 0; got {lr!r}")
+    decay = config.moving_average_decay
+    if not (isinstance(decay, int | float) and 0 <= decay < 1):
+        raise ValueError(f"config.moving_average_decay must be in [0, 1); got {decay!r}")
+    c = config.cv_coefficient
+    if not (isinstance(c, int | float) and math.isfinite(c)):
+        raise ValueError(f"config.cv_coefficient must be a finite number; got {c!r}")
+    if config.sweep not in SWEEPS:
+        raise ValueError(f"config.sweep must be one of {SWEEPS}; got {config.sweep!r}")
+    values = tuple(config.sweep_values)
+    if config.sweep:
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise ValueError(
+                f"config.sweep_values must be a non-empty tuple of ints; got {values!r}"
+            )
+        if min(values) < 1 or (config.sweep == "batch_size" and max(values) > NUM_DATA):
+            top = f" <= {NUM_DATA}" if config.sweep == "batch_size" else ""
+            raise ValueError(f"config.sweep_values must be >= 1{top}; got {values!r}")
+    figures = tuple(config.figures)
+    for fig in figures:
+        if fig not in FIGURES:
+            raise ValueError(f"config.figures: unknown figure {fig!r}; choose from {list(FIGURES)}")
+        if FIGURES[fig] != config.sweep:
+            raise ValueError(
+                f"config.figures: {fig} needs config.sweep={FIGURES[fig]!r}; got {config.sweep!r}"
+            )
+    if "fig8" in figures and not {"score_function", "pathwise"} <= set(variants):
+        raise ValueError("config.figures: fig8 needs the score_function and pathwise variants")
+    if {"fig8", "fig9"} & set(figures) and not config.variance_samples:
+        raise ValueError("config.figures: fig8 and fig9 need config.variance_samples >= 2")
+
+
+def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None) -> Settings:
+    overrides = {config.sweep: value} if config.sweep else {}
+    variance = config.variance_samples
+    if variant == "measure_valued" and variance:
+        variance = config.measure_valued_variance_samples
+    return Settings(
+        variant=variant,
+        steps=config.steps,
+        eval_every=config.eval_every,
+        batch_size=overrides.get("batch_size", config.batch_size),
+        num_samples=overrides.get("num_samples", config.num_samples),
+        learning_rate=float(config.learning_rate),
+        eval_samples=config.eval_samples,
+        variance_samples=variance,
+        moving_average_decay=float(config.moving_average_decay),
+        cv_coefficient=float(config.cv_coefficient),
+    )
+
+
+def _train(settings: Settings, features, labels, keys, desc: str) -> tuple[dict, dict]:
+    """Compile and run one program; returns (numpy metrics, timings)."""
+    from tqdm import tqdm
+
+    num_blocks = settings.steps // settings.eval_every
+    # The callback runs once per block for all seeds together (it does not depend on the seed).
+    bar = tqdm(total=num_blocks, desc=desc, unit="block", file=sys.stderr)
+    program = make_program(settings, progress=lambda _: bar.update(1))
+    start = time.perf_counter()
+    compiled = program.lower(features, labels, keys).compile()
+    compiled_at = time.perf_counter()
+    params, metrics = jax.block_until_ready(compiled(features, labels, keys))
+    done = time.perf_counter()
+    bar.close()
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}
+    params = {k: np.asarray(v) for k, v in params.items()}
+    bad = [
+        s
+        for s in range(keys.shape[0])
+        if not all(np.isfinite(a[s]).all() for a in (*metrics.values(), *params.values()))
+    ]
+    if bad:
+        raise ValueError(
+            f"{desc}: training produced NaN or inf for seed(s) {bad}; lower "
+            "config.learning_rate or raise config.num_samples"
+        )
+    return metrics, {"compile_s": compiled_at - start, "run_s": done - compiled_at}
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Train every variant (and sweep value) for all seeds; save results and figures."""
+    validate(config)
+    features, labels = breast_cancer()
+    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    values = tuple(config.sweep_values) if config.sweep else (None,)
+    arrays: dict[str, np.ndarray] = {
+        "steps": np.arange(1, config.steps // config.eval_every + 1) * config.eval_every
+    }
+    if config.sweep:
+        arrays["sweep_values"] = np.asarray(values)
+    summary: dict[str, Any] = {"variants": {}, "timings": {}}
+    start = time.perf_counter()
+    for variant in config.variants:
+        finals = []
+        for value in values:
+            tag = variant if value is None else f"{variant}/{config.sweep}={value}"
+            metrics, timing = _train(
+                _settings(config, variant, value), features, labels, keys, desc=tag
+            )
+            for name, array in metrics.items():
+                arrays[f"{tag}/{name}"] = array
+            summary["timings"][tag] = {k: round(v, 3) for k, v in timing.items()}
+            final = {
+                "value": value,
+                "elbo_mean": float(metrics["elbo"][:, -1].mean()),
+                "elbo_std": float(metrics["elbo"][:, -1].std()),
+                "accuracy_mean": float(metrics["accuracy"][:, -1].mean()),
+            }
+            for name in ("var_loc", "var_log_scale"):
+                if name in metrics:
+                    final[f"{name}_mean"] = float(metrics[name][:, -1].mean())
+            finals.append(final)
+            print(
+                f"{tag:48s} final ELBO {final['elbo_mean']:10.2f} +- {final['elbo_std']:7.2f}  "
+                f"accuracy {final['accuracy_mean']:.3f}  compile {timing['compile_s']:5.1f} s  "
+                f"run {timing['run_s']:6.1f} s"
+            )
+        summary["variants"][variant] = finals if config.sweep else finals[0]
+    summary["timings"]["total_s"] = round(time.perf_counter() - start, 3)
+    print(f"trained {len(config.variants)} variant(s) in {summary['timings']['total_s']:.1f} s")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(workdir / "results.npz", buf.getvalue())
+    write_json(workdir / "summary.json", summary)
+    plot(workdir)
+    return summary
+
+
+def load_results(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict[str, np.ndarray]]:
+    """The saved config and arrays of a finished run (clear error if missing or corrupt)."""
+    from ._config import config_from_dict
+    from ._workdir import WorkdirError
+
+    workdir = Path(workdir)
+    config = config_from_dict(read_json(workdir / "config.json"))
+    path = workdir / "results.npz"
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise WorkdirError(f"{path} not found: is this the workdir of a finished run?") from None
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"{path} cannot be read ({e}); the file is corrupt") from None
+    return config, arrays
+
+
+def plot(workdir: str | Path) -> list[Path]:
+    """Redraw the run's figures from ``config.json`` and ``results.npz`` only."""
+    workdir = Path(workdir)
+    config, arrays = load_results(workdir)
+    paths: list[Path] = []
+    for fig in config.figures:
+        paths += _blr_plot.DRAW[fig](config, arrays, workdir / fig)
+    return paths

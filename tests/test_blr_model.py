@@ -1,0 +1,176 @@
+"""Bayesian logistic regression: the model and every variant's gradient, against mathematics.
+
+Fixed keys; tolerances from standard errors, Bonferroni-corrected over the checks of a test
+(two-sided family-wise level ``ALPHA``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import estimators
+from experiments import _blr_train
+from experiments._blr_data import breast_cancer
+from models import logistic_regression as lr
+
+ALPHA = 1e-4
+
+
+def z_bonferroni(num_checks: int) -> float:
+    """Two-sided z for family-wise level ALPHA over ``num_checks`` checks."""
+    return float(stats.norm.isf(ALPHA / (2 * num_checks)))
+
+
+@pytest.fixture(scope="module")
+def data():
+    features, labels = breast_cancer()
+    return jnp.asarray(features), jnp.asarray(labels)
+
+
+def fixed_posterior(dim: int, log_scale: float) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(7)
+    return {
+        "loc": jnp.asarray(rng.normal(0.0, 0.3, dim), jnp.float32),
+        "log_scale": jnp.full((dim,), log_scale, jnp.float32),
+    }
+
+
+def settings(variant: str) -> _blr_train.Settings:
+    return _blr_train.Settings(
+        variant=variant,
+        steps=10,
+        eval_every=10,
+        batch_size=32,
+        num_samples=10,
+        learning_rate=1e-3,
+        eval_samples=10,
+        variance_samples=0,
+        moving_average_decay=0.99,
+        cv_coefficient=1.0,
+    )
+
+
+def test_data_standardised_with_bias(data):
+    features, labels = data
+    assert features.shape == (569, 31) and labels.shape == (569,)
+    np.testing.assert_allclose(features[:, :30].mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(features[:, :30].std(0), 1.0, atol=1e-5)
+    assert np.all(features[:, 30] == 1.0) and set(np.unique(labels)) == {0.0, 1.0}
+
+
+def test_softplus_matches_jax():
+    z = jnp.linspace(-80.0, 80.0, 10_001)
+    value, grad = jax.jit(jax.vmap(jax.value_and_grad(lr.softplus)))(z)
+    np.testing.assert_allclose(value, jax.nn.softplus(z), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, jax.nn.sigmoid(z), rtol=1e-6, atol=1e-7)
+
+
+def test_kl_closed_form_against_monte_carlo():
+    """KL(q || N(0, I)) = E_q[log q(w) - log p(w)], estimated with 200k samples, within 5 SE."""
+    params = fixed_posterior(31, -0.7)
+    q = lr.posterior(params)
+    prior = estimators.Normal(jnp.zeros(31), jnp.ones(31))
+    ws = jax.vmap(q.sample)(jax.random.split(jax.random.key(11), 200_000))
+    log_ratio = np.asarray(
+        jax.jit(jax.vmap(lambda w: q.log_prob(w) - prior.log_prob(w)))(ws), np.float64
+    )
+    se = log_ratio.std() / np.sqrt(log_ratio.size)
+    assert abs(log_ratio.mean() - float(lr.kl_to_prior(params))) <= 5 * se
+    assert float(lr.kl_to_prior(lr.init_params(31))) == 0.0  # q = prior at initialisation
+
+
+def test_measure_valued_fast_path_equals_library(data):
+    """The O(B) measure-valued jacobians are estimators.measure_valued, to rounding."""
+    features, labels = data[0][:64], data[1][:64]
+    params = fixed_posterior(31, -1.0)
+    for coupling in (True, False):
+        fast = jax.jit(
+            functools.partial(lr.log_likelihood_measure_valued, num_samples=16, coupling=coupling)
+        )(params, features, labels, jax.random.key(3))
+        ref = jax.jit(
+            lambda p, x, y, k, coupling=coupling: estimators.measure_valued(
+                lambda w: lr.log_likelihood(w, x, y),
+                p,
+                lr.posterior,
+                k,
+                num_samples=16,
+                coupling=coupling,
+            )
+        )(params, features, labels, jax.random.key(3))
+        for name in ("loc", "log_scale"):
+            # float32 rounding of costs of size ~|f| = O(30), divided by sigma ~ 0.37.
+            np.testing.assert_allclose(fast[name], ref[name], rtol=0, atol=2e-3)
+
+
+@functools.partial(jax.jit, static_argnames=("variant", "num_samples"))
+def _variant_jacobians(params, features, labels, key, baseline, *, variant, num_samples):
+    moving_average = estimators.MovingAverage(baseline, jnp.ones((), jnp.int32), jnp.ones(()))
+    jac, _ = _blr_train.jacobians(
+        settings(variant),
+        params,
+        moving_average,
+        features,
+        labels,
+        key,
+        num_samples=num_samples,
+        scale=1.0,
+    )
+    return jac
+
+
+def _mean_se(jac) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, standard error and per-feature variance of ``[n, 2 D]`` stacked jacobians."""
+    j = np.concatenate([np.asarray(jac["loc"]), np.asarray(jac["log_scale"])], axis=1)
+    j = j.astype(np.float64)
+    return j.mean(0), j.std(0, ddof=1) / np.sqrt(j.shape[0]), j.var(0, ddof=1)
+
+
+def test_every_variant_unbiased_at_fixed_posterior(data):
+    """Each variant's mean gradient equals a 400k-sample pathwise reference, within z * SE."""
+    features, labels = data[0][:64], data[1][:64]
+    params = fixed_posterior(31, -1.0)
+    cost = lambda w: lr.log_likelihood(w, features, labels)  # noqa: E731
+    ref = estimators.pathwise(cost, params, lr.posterior, jax.random.key(100), num_samples=400_000)
+    ref_mean, ref_se, _ = _mean_se(ref)
+    baseline = jnp.asarray(float(cost(params["loc"])))  # a fixed, independent baseline
+    z = z_bonferroni(len(_blr_train.VARIANTS) * 62)
+    for i, variant in enumerate(_blr_train.VARIANTS):
+        n = 100_000 if variant.startswith("score") else 20_000
+        jac = _variant_jacobians(
+            params, features, labels, jax.random.key(i), baseline, variant=variant, num_samples=n
+        )
+        mean, se, _ = _mean_se(jac)
+        err = np.abs(mean - ref_mean) / np.sqrt(se**2 + ref_se**2)
+        assert err.max() <= z, f"{variant}: max |mean - ref| / SE = {err.max():.2f} > {z:.2f}"
+
+
+def _average_variance(jac) -> tuple[float, float]:
+    """Average over coordinates of the per-coordinate variance, and its standard error."""
+    j = np.concatenate([np.asarray(jac["loc"]), np.asarray(jac["log_scale"])], axis=1)
+    j = j.astype(np.float64)
+    n = j.shape[0]
+    u = np.mean(np.square(j - j.mean(0)), axis=1) * n / (n - 1)  # mean of u = average variance
+    return float(u.mean()), float(u.std(ddof=1) / np.sqrt(n))
+
+
+def test_variance_ordering_at_fixed_posterior(data):
+    """The paper's ordering on the full data: pathwise and delta method below score function."""
+    features, labels = data
+    params = fixed_posterior(31, -2.0)
+    var = {}
+    for i, variant in enumerate(("score_function", "score_function_delta", "pathwise")):
+        jac = _variant_jacobians(
+            params, features, labels, jax.random.key(50 + i), 0.0, variant=variant, num_samples=4000
+        )
+        var[variant] = _average_variance(jac)
+    z = z_bonferroni(2)
+    for low, high in (("pathwise", "score_function"), ("score_function_delta", "score_function")):
+        (v_low, se_low), (v_high, se_high) = var[low], var[high]
+        margin = (v_high - v_low) / np.hypot(se_low, se_high)
+        assert margin > z, f"{low} {v_low:.3g} not below {high} {v_high:.3g}: {margin:.1f} SE"

@@ -1,0 +1,124 @@
+"""The BLR configs (fig8, fig9, fig11, fig12) at a tiny size, redrawing, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import experiments
+from experiments import blr
+
+TINY = ["steps=20", "eval_every=10", "num_seeds=2", "eval_samples=16", "num_samples=4"]
+# Every variant passes through the runner once, at one compile per (variant, sweep value).
+CASES = {
+    "fig8": TINY + ["variance_samples=8"],
+    "fig9": TINY
+    + [
+        "variance_samples=8",
+        "measure_valued_variance_samples=4",
+        "variants=('score_function_moving_average', 'measure_valued')",
+    ],
+    "fig11": TINY + ["variants=('score_function_delta',)", "sweep_values=(1, 3)"],
+    "fig12": TINY + ["variants=('pathwise_delta',)", "sweep_values=(8, 569)"],
+}
+
+
+def tiny_config(name: str, extra: list[str] = ()):
+    config = experiments.load_config(name)
+    experiments.apply_overrides(config, CASES[name] + list(extra))
+    return config
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_config_smoke(name, tmp_path):
+    config = tiny_config(name)
+    workdir = tmp_path / name
+    summary = experiments.run_experiment(config, workdir)
+    assert {"config.json", "run_info.json", "results.npz", "summary.json"} <= {
+        p.name for p in workdir.iterdir()
+    }
+    for fig in config.figures:
+        assert (workdir / f"{fig}.png").stat().st_size > 0
+        assert (workdir / f"{fig}.pdf").stat().st_size > 0
+    _, arrays = blr.load_results(workdir)
+    values = config.sweep_values if config.sweep else [None]
+    for variant in config.variants:
+        for value in values:
+            tag = variant if value is None else f"{variant}/{config.sweep}={value}"
+            assert arrays[f"{tag}/elbo"].shape == (2, 2)
+            assert np.isfinite(arrays[f"{tag}/elbo"]).all()
+            if config.variance_samples:
+                assert arrays[f"{tag}/var_log_scale"].shape == (2, 2, 31)
+                assert (arrays[f"{tag}/var_log_scale"] > 0).all()
+    assert set(json.loads((workdir / "summary.json").read_text())["variants"]) == set(
+        config.variants
+    )
+    assert summary["timings"]["total_s"] > 0
+    if name == "fig8":  # plot() redraws from the saved numbers alone
+        for fig in config.figures:
+            (workdir / f"{fig}.png").unlink()
+        paths = experiments.redraw(workdir)
+        assert {p.name for p in paths} == {"fig8.png", "fig8.pdf"}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("variants=('pathwise', 'reinforce')", "unknown variant"),
+        ("learning_rate=0.0", "learning_rate"),
+        ("learning_rate=-1e-3", "learning_rate"),
+        ("batch_size=570", "batch_size"),
+        ("batch_size=0", "batch_size"),
+        ("num_samples=0", "num_samples"),
+        ("eval_every=7", "eval_every"),
+        ("variance_samples=1", "variance_samples"),
+        ("moving_average_decay=1.0", "moving_average_decay"),
+        ("figures=('fig10',)", "unknown figure"),
+        ("figures=('fig11',)", "needs config.sweep"),
+        ("variants=('pathwise',)", "fig8 needs"),
+    ],
+)
+def test_bad_values_rejected_before_writing(override, message, tmp_path):
+    config = experiments.load_config("fig9")
+    experiments.apply_overrides(config, [override])
+    with pytest.raises(ValueError, match=message):
+        experiments.run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_sweep_values_rejected():
+    config = experiments.load_config("fig12")
+    experiments.apply_overrides(config, ["sweep_values=(32, 1000)"])
+    with pytest.raises(ValueError, match="sweep_values"):
+        blr.validate(config)
+
+
+def test_unknown_key_rejected():
+    config = experiments.load_config("fig9")
+    with pytest.raises(experiments.ConfigError, match="unknown config key"):
+        experiments.apply_overrides(config, ["num_sample=10"])
+
+
+def test_divergence_is_a_clear_error_and_leaves_earlier_results(tmp_path):
+    """A run whose training diverges (absurd learning rate) names the problem, writes nothing."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "keep.txt").write_text("earlier results")
+    config = tiny_config("fig8", ["variants=('pathwise',)", "figures=()", "learning_rate=1e30"])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        experiments.run_experiment(config, workdir, overwrite=True)
+    assert (workdir / "keep.txt").read_text() == "earlier results"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_corrupt_results_clear_error(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = tiny_config("fig8")
+    (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json())))
+    (workdir / "results.npz").write_bytes(b"not a zip file")
+    with pytest.raises(experiments.WorkdirError, match="corrupt"):
+        experiments.redraw(workdir)
