@@ -112,19 +112,27 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
 
 
 def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
+    """Final ELBO against the swept value; diverged seeds (NaN) are left out and listed."""
     plt = _plt()
     values = arrays["sweep_values"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    notes = []
     for i, variant in enumerate(config.variants):
         finals = np.stack(
             [arrays[f"{variant}/{config.sweep}={v}/elbo"][:, -1] for v in values], axis=1
         )  # [S, V]
+        ok = np.isfinite(finals)
+        kept = np.where(ok, finals, 0.0)
+        count = ok.sum(axis=0)
+        mean = np.where(count > 0, kept.sum(axis=0) / np.maximum(count, 1), np.nan)
+        sq = np.where(ok, np.square(finals - mean[None]), 0.0).sum(axis=0)
+        std = np.sqrt(sq / np.maximum(count, 1))
         # Small horizontal offsets keep the error bars of different variants apart.
         x = values * (1 + 0.03 * (i - (len(config.variants) - 1) / 2))
         ax.errorbar(
             x,
-            finals.mean(axis=0),
-            yerr=finals.std(axis=0),
+            mean,
+            yerr=std,
             color=COLORS[variant],
             label=LABELS[variant],
             marker="o",
@@ -132,6 +140,9 @@ def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
             capsize=2,
             lw=1.2,
         )
+        for v, c in zip(values, count, strict=True):
+            if c < finals.shape[0]:
+                notes.append(f"{LABELS[variant]} at {v}: {finals.shape[0] - c} diverged")
     ax.set_xscale("log")
     ax.set_xticks(values, [str(v) for v in values])
     ax.minorticks_off()
@@ -140,6 +151,15 @@ def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if notes:
+        fig.text(
+            0.01,
+            -0.02,
+            "Seeds left out (NaN/inf): " + "; ".join(notes),
+            fontsize=7,
+            va="top",
+            wrap=True,
+        )
     fig.tight_layout()
     paths = save_figure(fig, stem)
     plt.close(fig)

@@ -127,11 +127,11 @@ def optimizer(settings: Settings) -> optax.GradientTransformation:
 
 
 def _train_step(
-    settings: Settings, features: Array, labels: Array, carry: Carry, key: Array
+    settings: Settings, features: Array, labels: Array, carry: Carry, xs: tuple[Array, Array]
 ) -> tuple[Carry, None]:
+    """One SGD step on the minibatch ``idx [B]`` (distinct rows) with key ``k_grad``."""
+    idx, k_grad = xs
     n_data = features.shape[0]
-    k_batch, k_grad = jax.random.split(key)
-    idx = jax.random.choice(k_batch, n_data, (settings.batch_size,), replace=False)
     jac, costs = jacobians(
         settings,
         carry.params,
@@ -196,8 +196,16 @@ def train_one_seed(
 
     def block(carry: Carry, xs: tuple[Array, Array]) -> tuple[Carry, dict[str, Array]]:
         index, k = xs
-        k_steps, k_eval = jax.random.split(k)
-        carry, _ = jax.lax.scan(step, carry, jax.random.split(k_steps, settings.eval_every))
+        k_perm, k_steps, k_eval = jax.random.split(k, 3)
+        # Minibatches: consecutive windows of one random permutation of the data per block
+        # (wrapping around), so each batch has distinct rows; one shuffle serves all the block's
+        # steps (a permutation per step would cost most of a pathwise step).
+        n_data = features.shape[0]
+        window = jnp.arange(settings.eval_every * settings.batch_size) % n_data
+        perm = jax.random.permutation(k_perm, n_data)
+        idx = perm[window].reshape(settings.eval_every, settings.batch_size)
+        step_keys = jax.random.split(k_steps, settings.eval_every)
+        carry, _ = jax.lax.scan(step, carry, (idx, step_keys))
         metrics = _evaluate(settings, features, labels, carry, k_eval)
         if progress is not None:
             jax.debug.callback(progress, index)

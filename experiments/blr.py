@@ -118,19 +118,25 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
     )
 
 
-def _train(settings: Settings, features, labels, keys, desc: str) -> tuple[dict, dict]:
-    """Compile and run one program; returns (numpy metrics, timings)."""
+def _train(
+    settings: Settings, features, labels, keys, desc: str, allow_divergence: bool
+) -> tuple[dict, dict, list[int]]:
+    """Compile and run one program; returns (numpy metrics, timings, diverged seeds).
+
+    A seed whose training produced NaN or inf is an error, unless ``allow_divergence`` (sweeps
+    that push the estimators to where some diverge); then its curves stay NaN in the results.
+    """
     from tqdm import tqdm
 
     num_blocks = settings.steps // settings.eval_every
     # The callback runs once per block for all seeds together (it does not depend on the seed).
     bar = tqdm(total=num_blocks, desc=desc, unit="block", file=sys.stderr)
     program = make_program(settings, progress=lambda _: bar.update(1))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     compiled = program.lower(features, labels, keys).compile()
     compiled_at = time.perf_counter()
     params, metrics = jax.block_until_ready(compiled(features, labels, keys))
-    done = time.perf_counter()
+    done, cpu_done = time.perf_counter(), time.process_time()
     bar.close()
     metrics = {k: np.asarray(v) for k, v in metrics.items()}
     params = {k: np.asarray(v) for k, v in params.items()}
@@ -139,12 +145,20 @@ def _train(settings: Settings, features, labels, keys, desc: str) -> tuple[dict,
         for s in range(keys.shape[0])
         if not all(np.isfinite(a[s]).all() for a in (*metrics.values(), *params.values()))
     ]
-    if bad:
+    if bad and not allow_divergence:
         raise ValueError(
             f"{desc}: training produced NaN or inf for seed(s) {bad}; lower "
-            "config.learning_rate or raise config.num_samples"
+            "config.learning_rate or raise config.num_samples (or set "
+            "config.allow_divergence=True to record diverged seeds as NaN)"
         )
-    return metrics, {"compile_s": compiled_at - start, "run_s": done - compiled_at}
+    if bad:
+        print(f"warning: {desc}: seed(s) {bad} diverged (NaN/inf); kept as NaN", file=sys.stderr)
+    timing = {
+        "compile_s": compiled_at - start,
+        "run_s": done - compiled_at,
+        "cpu_s": cpu_done - cpu_start,
+    }
+    return metrics, timing, bad
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -159,35 +173,52 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     if config.sweep:
         arrays["sweep_values"] = np.asarray(values)
     summary: dict[str, Any] = {"variants": {}, "timings": {}}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for variant in config.variants:
         finals = []
         for value in values:
             tag = variant if value is None else f"{variant}/{config.sweep}={value}"
-            metrics, timing = _train(
-                _settings(config, variant, value), features, labels, keys, desc=tag
+            metrics, timing, diverged = _train(
+                _settings(config, variant, value),
+                features,
+                labels,
+                keys,
+                desc=tag,
+                allow_divergence=config.allow_divergence,
             )
             for name, array in metrics.items():
                 arrays[f"{tag}/{name}"] = array
             summary["timings"][tag] = {k: round(v, 3) for k, v in timing.items()}
+            ok = [s for s in range(config.num_seeds) if s not in diverged]
             final = {
                 "value": value,
-                "elbo_mean": float(metrics["elbo"][:, -1].mean()),
-                "elbo_std": float(metrics["elbo"][:, -1].std()),
-                "accuracy_mean": float(metrics["accuracy"][:, -1].mean()),
+                "diverged_seeds": diverged,
+                "elbo_mean": float(metrics["elbo"][ok, -1].mean()) if ok else None,
+                "elbo_std": float(metrics["elbo"][ok, -1].std()) if ok else None,
+                "accuracy_mean": float(metrics["accuracy"][ok, -1].mean()) if ok else None,
             }
             for name in ("var_loc", "var_log_scale"):
-                if name in metrics:
-                    final[f"{name}_mean"] = float(metrics[name][:, -1].mean())
+                if name in metrics and ok:
+                    final[f"{name}_mean"] = float(metrics[name][ok, -1].mean())
             finals.append(final)
+            result = (
+                f"final ELBO {final['elbo_mean']:10.2f} +- {final['elbo_std']:7.2f}  "
+                f"accuracy {final['accuracy_mean']:.3f}"
+                if ok
+                else "diverged (all seeds)"
+            )
             print(
-                f"{tag:48s} final ELBO {final['elbo_mean']:10.2f} +- {final['elbo_std']:7.2f}  "
-                f"accuracy {final['accuracy_mean']:.3f}  compile {timing['compile_s']:5.1f} s  "
+                f"{tag:44s} {result}  compile {timing['compile_s']:5.1f} s  "
                 f"run {timing['run_s']:6.1f} s"
             )
         summary["variants"][variant] = finals if config.sweep else finals[0]
     summary["timings"]["total_s"] = round(time.perf_counter() - start, 3)
-    print(f"trained {len(config.variants)} variant(s) in {summary['timings']['total_s']:.1f} s")
+    summary["timings"]["total_cpu_s"] = round(time.process_time() - cpu_start, 3)
+    print(
+        f"trained {len(config.variants)} variant(s) x {config.num_seeds} seeds in "
+        f"{summary['timings']['total_s']:.1f} s wall, compiles included "
+        f"({summary['timings']['total_cpu_s']:.1f} s CPU)"
+    )
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(workdir / "results.npz", buf.getvalue())

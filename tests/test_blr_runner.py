@@ -48,7 +48,9 @@ def test_config_smoke(name, tmp_path):
         for value in values:
             tag = variant if value is None else f"{variant}/{config.sweep}={value}"
             assert arrays[f"{tag}/elbo"].shape == (2, 2)
-            assert np.isfinite(arrays[f"{tag}/elbo"]).all()
+            finite = np.isfinite(arrays[f"{tag}/elbo"]).all(axis=1)
+            if not config.allow_divergence:
+                assert finite.all()
             if config.variance_samples:
                 assert arrays[f"{tag}/var_log_scale"].shape == (2, 2, 31)
                 assert (arrays[f"{tag}/var_log_scale"] > 0).all()

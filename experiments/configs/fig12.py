@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.measure_valued_variance_samples = 100
     config.moving_average_decay = 0.99
     config.cv_coefficient = 1.0  # delta-method control variate coefficient
+    config.allow_divergence = True  # record diverged seeds as NaN instead of failing
     config.sweep = "batch_size"
     config.sweep_values = (8, 16, 32, 64, 128, 256)
     return config

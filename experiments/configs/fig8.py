@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.measure_valued_variance_samples = 100
     config.moving_average_decay = 0.99
     config.cv_coefficient = 1.0  # delta-method control variate coefficient
+    config.allow_divergence = False  # NaN or inf in training is an error
     config.sweep = ""
     config.sweep_values = ()
     return config
