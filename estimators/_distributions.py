@@ -65,6 +65,15 @@ def _check_positive(name: str, dist: str, value: Array) -> None:
             )
 
 
+def _expand(shape: Shape, *params: Array) -> list[Array]:
+    """Broadcast parameters of event shape to ``[*sample_shape, *event_shape]`` explicitly.
+
+    Written out so that ``sample`` and ``log_prob`` with a ``sample_shape`` also work under
+    ``jax_numpy_rank_promotion="raise"`` (the setting of the tests).
+    """
+    return [jnp.broadcast_to(p, tuple(shape)) for p in params]
+
+
 def _check_same_shape(dist: str, **params: Array) -> tuple[int, ...]:
     shapes = {k: tuple(jnp.shape(v)) for k, v in params.items()}
     if len(set(shapes.values())) != 1:
@@ -132,12 +141,15 @@ class Normal(Distribution):
         return jnp.square(self.scale)
 
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
-        eps = jax.random.normal(key, (*sample_shape, *self.event_shape), jnp.result_type(self.loc))
-        return self.loc + self.scale * eps
+        shape = (*sample_shape, *self.event_shape)
+        eps = jax.random.normal(key, shape, jnp.result_type(self.loc))
+        loc, scale = _expand(shape, self.loc, self.scale)
+        return loc + scale * eps
 
     def log_prob(self, x: Array) -> Array:
-        z = (x - self.loc) / self.scale
-        lp = -0.5 * jnp.square(z) - jnp.log(self.scale) - 0.5 * math.log(2 * math.pi)
+        loc, scale = _expand(jnp.shape(x), self.loc, self.scale)
+        z = (x - loc) / scale
+        lp = -0.5 * jnp.square(z) - jnp.log(scale) - 0.5 * math.log(2 * math.pi)
         return self._sum_event(lp)
 
 
@@ -178,11 +190,11 @@ class Gamma(Distribution):
 
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
         shape = (*sample_shape, *self.event_shape)
-        g = jax.random.gamma(key, jnp.broadcast_to(self.concentration, shape), shape)
-        return g / self.rate
+        concentration, rate = _expand(shape, self.concentration, self.rate)
+        return jax.random.gamma(key, concentration, shape) / rate
 
     def log_prob(self, x: Array) -> Array:
-        a, b = self.concentration, self.rate
+        a, b = _expand(jnp.shape(x), self.concentration, self.rate)
         lp = a * jnp.log(b) + (a - 1) * jnp.log(x) - b * x - special.gammaln(a)
         return self._sum_event(lp)
 
@@ -218,7 +230,7 @@ class Beta(Distribution):
         return jax.random.beta(key, self.a, self.b, shape)
 
     def log_prob(self, x: Array) -> Array:
-        a, b = self.a, self.b
+        a, b = _expand(jnp.shape(x), self.a, self.b)
         lp = (a - 1) * jnp.log(x) + (b - 1) * jnp.log1p(-x) - special.betaln(a, b)
         return self._sum_event(lp)
 
@@ -261,11 +273,11 @@ class Dirichlet(Distribution):
 
     def log_prob(self, x: Array) -> Array:
         a = self.concentration
-        per_simplex = (
-            jnp.sum((a - 1) * jnp.log(x), axis=-1)
-            + special.gammaln(jnp.sum(a, axis=-1))
-            - jnp.sum(special.gammaln(a), axis=-1)
-        )
+        log_norm = special.gammaln(jnp.sum(a, axis=-1)) - jnp.sum(special.gammaln(a), axis=-1)
+        (a,) = _expand(jnp.shape(x), a)
+        per_simplex = jnp.sum((a - 1) * jnp.log(x), axis=-1)
+        (log_norm,) = _expand(per_simplex.shape, log_norm)
+        per_simplex = per_simplex + log_norm
         return self._sum_event(per_simplex, len(self.event_shape) - 1)
 
 
@@ -290,12 +302,14 @@ class Bernoulli(Distribution):
 
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
         shape = (*sample_shape, *self.event_shape)
-        x = jax.random.bernoulli(key, self.probs, shape)
+        (probs,) = _expand(shape, self.probs)
+        x = jax.random.bernoulli(key, probs, shape)
         return x.astype(jnp.result_type(self.logits))
 
     def log_prob(self, x: Array) -> Array:
         # log p = x * logits - softplus(logits), stable for large |logits|.
-        lp = x * self.logits - jax.nn.softplus(self.logits)
+        (logits,) = _expand(jnp.shape(x), self.logits)
+        lp = x * logits - jax.nn.softplus(logits)
         return self._sum_event(lp)
 
 
