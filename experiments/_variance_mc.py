@@ -1,0 +1,202 @@
+"""Monte Carlo single-sample variances from this project's estimators, a whole grid per compile.
+
+One call of :func:`mc_moments` runs one estimator on every row of a grid (a row is one cost
+and one ``k``, both traced, so the rows are a ``jax.vmap``) and returns per-chunk moments of
+the per-sample estimates; :func:`combine` merges the chunks in float64 into the variance per
+coordinate, averaged over the ``D`` coordinates, and its standard error.
+
+Samples are processed ``chunk_size`` at a time (``jax.lax.map``), so memory is
+``O(rows * chunk_size * D)`` whatever ``num_samples`` is.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import estimators
+
+from ._variance_costs import separable_cost
+
+ESTIMATORS = (
+    "score_function",
+    "score_function_optimal_baseline",
+    "pathwise",
+    "measure_valued_coupled",
+    "measure_valued_uncoupled",
+)
+PARAMETERS = ("loc", "scale")
+# One vectorised step handles about this many scalar per-sample estimates.
+STEP_ELEMENTS = 2**21
+
+
+def _normal(params: dict) -> estimators.Normal:
+    return estimators.Normal(params["loc"], params["scale"])
+
+
+def _jacobians(estimator: str, cost, params: dict, key: jax.Array, n: int, baseline) -> dict:
+    """Per-sample estimates ``{"loc": [n, D], "scale": [n, D]}`` of one estimator."""
+    if estimator == "score_function":
+        return estimators.score_function(cost, params, _normal, key, num_samples=n)
+    if estimator == "score_function_optimal_baseline":
+        return estimators.score_function(
+            cost, params, _normal, key, num_samples=n, baseline=baseline
+        )
+    if estimator == "pathwise":
+        return estimators.pathwise(cost, params, _normal, key, num_samples=n)
+    if estimator in ("measure_valued_coupled", "measure_valued_uncoupled"):
+        coupling = estimator == "measure_valued_coupled"
+        return estimators.measure_valued(
+            cost, params, _normal, key, num_samples=n, coupling=coupling
+        )
+    raise ValueError(f"unknown estimator {estimator!r}; known: {ESTIMATORS}")
+
+
+def _chunk_moments(g: jax.Array) -> dict:
+    """Moments of one chunk of per-sample estimates ``g: [n, D]``.
+
+    ``mean [D]``, ``m2 [D]`` (sum of squared deviations from the chunk mean), and the sums
+    ``h1``, ``h2`` of ``h_i = mean_d (g_id - mean_d)^2`` and of its square, whose spread gives
+    the standard error of the coordinate-averaged variance (correlations between coordinates
+    included).
+    """
+    mean = jnp.mean(g, axis=0, keepdims=True)
+    dev2 = jnp.square(g - mean)
+    h = jnp.mean(dev2, axis=1)
+    return {
+        "mean": mean[0],
+        "m2": jnp.sum(dev2, axis=0),
+        "h1": jnp.sum(h),
+        "h2": jnp.sum(jnp.square(h)),
+    }
+
+
+def chunk_sizes(num_samples: int, rows: int, dim: int) -> list[int]:
+    """Sizes of the chunks ``num_samples`` is split into: equal ones, then maybe a remainder.
+
+    About ``STEP_ELEMENTS / (rows * dim)`` samples per chunk; a divisor of ``num_samples`` near
+    that is preferred, since a remainder chunk is a second traced copy of the estimator (twice
+    the compile time).
+    """
+    target = max(256, STEP_ELEMENTS // (rows * dim))
+    if num_samples <= target:
+        return [num_samples]
+    for size in range(target, target // 2, -1):
+        if num_samples % size == 0:
+            return [size] * (num_samples // size)
+    num_chunks = -(-num_samples // target)
+    size = -(-num_samples // num_chunks)
+    full, rem = divmod(num_samples, size)
+    return [size] * full + ([rem] if rem else [])
+
+
+@partial(jax.jit, static_argnames=("estimator", "terms", "dim", "chunks"))
+def mc_moments(
+    key: jax.Array,
+    weights: jax.Array,
+    ks: jax.Array,
+    constants: jax.Array,
+    loc: jax.Array,
+    scale: jax.Array,
+    *,
+    estimator: str,
+    terms: tuple[str, ...],
+    dim: int,
+    chunks: tuple[int, ...],
+) -> dict:
+    """Per-chunk moments of ``estimator``'s per-sample estimates for every row of a grid.
+
+    Row ``r`` is the cost ``constants[r] + sum_d sum_t weights[r, t] term_t(x_d; ks[r])``
+    (``_variance_costs.separable_cost``) under ``N(loc 1_D, scale^2 I_D)``; the gradient is
+    taken with respect to ``{"loc": [D], "scale": [D]}``.
+
+    Args:
+      key: PRNG key; rows and chunks use independent keys split from it.
+      weights: ``[R, len(TERMS)]``; ks, constants: ``[R]``; loc, scale: ``[]``.
+      estimator: one of ``ESTIMATORS`` (static).
+      terms: the cost terms with nonzero weights (static).
+      dim: ``D`` (static).
+      chunks: the chunk sizes, summing to the number of samples (static; see
+        :func:`chunk_sizes`). All chunks but the last have one size, run by ``lax.map``.
+
+    Returns:
+      ``{"loc": m, "scale": m}`` with ``m`` the moments of :func:`_chunk_moments` stacked over
+      chunks: ``mean, m2: [R, C, D]``, ``h1, h2: [R, C]``.
+    """
+    size, num_full = chunks[0], sum(c == chunks[0] for c in chunks)
+    num_rows = ks.shape[0]
+    params = {"loc": jnp.full((dim,), loc), "scale": jnp.full((dim,), scale)}
+
+    def cost_of(w: jax.Array, k: jax.Array, a: jax.Array):
+        return lambda x: separable_cost(x, w, k, a, terms=terms)
+
+    # keys[r, c]: row r, chunk c; the baseline gets its own, independent keys.
+    estimator_key, baseline_key = jax.random.split(key)
+    keys = jax.random.split(estimator_key, (num_rows, len(chunks)))
+    baseline = None
+    if estimator == "score_function_optimal_baseline":
+        # b* estimated per row from as many samples again, independent of the estimator's.
+        def baselines(row_keys: jax.Array) -> dict:
+            def one(k_: jax.Array, w: jax.Array, k: jax.Array, a: jax.Array) -> dict:
+                cost = cost_of(w, k, a)
+                return estimators.optimal_baseline(cost, params, _normal, k_, num_samples=size)
+
+            return jax.vmap(one)(row_keys, weights, ks, constants)
+
+        bkeys = jax.random.split(baseline_key, (len(chunks), num_rows))
+        baseline = jax.tree.map(lambda b: jnp.mean(b, axis=0), _map(baselines, bkeys))
+
+    def chunk(n: int):
+        def rows(row_keys: jax.Array) -> dict:  # all rows, one chunk of n samples each
+            def one(k_, w, k, a, b) -> dict:
+                jac = _jacobians(estimator, cost_of(w, k, a), params, k_, n, b)
+                return {p: _chunk_moments(jac[p]) for p in PARAMETERS}
+
+            return jax.vmap(one)(row_keys, weights, ks, constants, baseline)
+
+        return rows
+
+    out = _map(chunk(size), jnp.swapaxes(keys[:, :num_full], 0, 1))  # [C, R, ...]
+    for i, n in enumerate(chunks[num_full:]):
+        extra = chunk(n)(keys[:, num_full + i])
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), out, extra)
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # [R, C, ...]
+
+
+def _map(fn, xs: jax.Array):
+    """``jax.lax.map`` over the leading axis; a plain call (no loop to compile) for length 1."""
+    if xs.shape[0] == 1:
+        return jax.tree.map(lambda a: a[None], fn(xs[0]))
+    return jax.lax.map(fn, xs)
+
+
+def combine(moments: dict, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Variance per coordinate averaged over coordinates, and its standard error, per row.
+
+    Merges the chunks in float64 (Chan et al.'s pairwise formula), with the unbiased
+    ``1/(N-1)`` normalisation. The standard error is that of a mean of the ``N`` values
+    ``h_i`` (for ``D = 1``, ``sqrt((m4 - m2^2) / N)``, the usual standard error of a sample
+    variance from the fourth central moment).
+
+    Args:
+      moments: one parameter's entry of :func:`mc_moments`'s result.
+      chunks: the chunk sizes it was computed with.
+
+    Returns:
+      ``(variance [R], standard_error [R])``.
+    """
+    n_c = np.asarray(chunks, np.float64)  # [C]
+    n = n_c.sum()
+    mean_c = np.asarray(moments["mean"], np.float64)  # [R, C, D]
+    mean = np.einsum("c,rcd->rd", n_c, mean_c) / n
+    m2 = np.asarray(moments["m2"], np.float64).sum(axis=1) + np.einsum(
+        "c,rcd->rd", n_c, np.square(mean_c - mean[:, None, :])
+    )
+    variance = np.mean(m2 / (n - 1), axis=1)
+    h1 = np.asarray(moments["h1"], np.float64).sum(axis=1) / n
+    h2 = np.asarray(moments["h2"], np.float64).sum(axis=1) / n
+    se = np.sqrt(np.maximum(h2 - np.square(h1), 0.0) / n)
+    return variance, se

@@ -1,0 +1,25 @@
+"""Figure 4: score-function variance against dimension D, N(0.5, s^2 I_D), f = 100 and sum x_d."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.runner = "variance"
+    config.name = "fig4"
+    config.title = (
+        r"Figure 4: score-function variance against dimension, "
+        r"$x \sim N(0.5 \cdot 1, \sigma^2 I_D)$"
+    )
+    config.seed = 0
+    config.loc = 0.5
+    config.scale = 1.0
+    config.num_samples = 100_000
+    config.estimators = ("score_function",)
+    config.parameters = ("loc", "scale")
+    config.costs = ("constant", "linear")
+    config.dims = (1, 3, 10, 30, 100, 300, 1000)
+    config.num_nodes = 512  # quadrature nodes per integration rule
+    config.xscale = "log"
+    config.yscale = "log"
+    return config

@@ -1,0 +1,380 @@
+r"""Variance figures (Mohamed et al. 2020, Figs 2-7): exact curves by quadrature, Monte Carlo dots.
+
+For :math:`x \sim N(\mu 1_D, \sigma^2 I_D)` and a cost ``f`` from a family (``f(x) = (x - k)^2``
+over ``k``, or a sum over coordinates as the dimension ``D`` grows), each figure shows the
+single-sample variance of the estimates of :math:`\partial E f / \partial\mu` (left) and
+:math:`\partial E f / \partial\sigma` (right) made by several estimators, computed two ways:
+
+- exact, by numerical integration in float64 (``_variance_exact``), drawn as lines;
+- Monte Carlo, from this project's own estimator functions (``estimators.score_function``,
+  ``pathwise``, ``measure_valued``, and the score function with ``optimal_baseline``) with
+  ``num_samples`` samples per point (``_variance_mc``: one jitted computation per estimator
+  over the whole grid), drawn as points with +-2 standard-error bars.
+
+For ``D > 1`` the exact value is the variance for one coordinate (all coordinates are alike);
+the Monte Carlo value is the per-coordinate sample variance averaged over the ``D``
+coordinates, which estimates the same number with less noise.
+
+Writes ``results.json`` (the exact curves and every Monte Carlo point with its exact value),
+``results.csv`` (the points) and ``<name>.png``/``.pdf``; :func:`plot` redraws the figure from
+``results.json`` alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from . import _variance_exact, _variance_mc
+from ._variance_costs import COSTS, active_terms
+from ._workdir import atomic_write_text, read_json, save_figure, write_json
+
+ESTIMATOR_LABELS = {
+    "score_function": "score function",
+    "score_function_optimal_baseline": "score function, optimal baseline",
+    "pathwise": "pathwise",
+    "measure_valued_coupled": "measure-valued, coupled",
+    "measure_valued_uncoupled": "measure-valued, uncoupled",
+}
+PARAMETER_LABELS = {"loc": r"$\mu$", "scale": r"$\sigma$"}
+_KEYS = {
+    "runner",
+    "name",
+    "title",
+    "seed",
+    "loc",
+    "scale",
+    "num_samples",
+    "estimators",
+    "parameters",
+    "costs",
+    "num_nodes",
+    "xscale",
+    "yscale",
+}
+_GRID_KEYS = {"grid", "mc_every"}
+_DIM_KEYS = {"dims"}
+_POINT_FIELDS = ("cost", "estimator", "parameter", "x", "exact_variance", "mc_variance", "mc_se")
+
+
+def _fail(key: str, problem: str) -> None:
+    raise ValueError(f"config.{key} {problem}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the key of any unusable value; called before anything runs."""
+    keys = set(config.keys())
+    by_dim = "dims" in keys
+    allowed = _KEYS | (_DIM_KEYS if by_dim else _GRID_KEYS)
+    if keys - allowed:
+        raise ValueError(f"unknown config key(s) {sorted(keys - allowed)} for the variance runner")
+    if keys < allowed:
+        raise ValueError(f"missing config key(s) {sorted(allowed - keys)}")
+    if not (isinstance(config.scale, int | float) and math.isfinite(config.scale)):
+        _fail("scale", f"must be a finite number; got {config.scale!r}")
+    if config.scale <= 0:
+        _fail("scale", f"must be > 0 (it is sigma); got {config.scale}")
+    if not (isinstance(config.loc, int | float) and math.isfinite(config.loc)):
+        _fail("loc", f"must be a finite number; got {config.loc!r}")
+    if not isinstance(config.num_samples, int) or config.num_samples < 2:
+        _fail("num_samples", f"must be an int >= 2; got {config.num_samples!r}")
+    if not isinstance(config.seed, int):
+        _fail("seed", f"must be an int; got {config.seed!r}")
+    if not isinstance(config.num_nodes, int) or config.num_nodes < _variance_exact.PANEL_ORDER:
+        _fail("num_nodes", f"must be an int >= {_variance_exact.PANEL_ORDER}")
+    for key, known in (
+        ("estimators", ESTIMATOR_LABELS),
+        ("parameters", PARAMETER_LABELS),
+        ("costs", COSTS),
+    ):
+        values = config[key]
+        if not values or any(v not in known for v in values) or len(set(values)) < len(values):
+            _fail(key, f"must be distinct names from {sorted(known)}; got {list(values)}")
+    for key in ("xscale", "yscale"):
+        if config[key] not in ("linear", "log"):
+            _fail(key, f"must be 'linear' or 'log'; got {config[key]!r}")
+    if by_dim:
+        dims = config.dims
+        if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
+            _fail("dims", f"must be positive ints; got {list(dims)}")
+        return
+    if not isinstance(config.mc_every, int) or config.mc_every < 1:
+        _fail("mc_every", f"must be an int >= 1; got {config.mc_every!r}")
+    for cost in config.costs:
+        if not COSTS[cost].uses_k:
+            _fail("costs", f"cost {cost!r} has no parameter k; use it with dims")
+        if cost not in config.grid:
+            _fail("grid", f"needs an entry for cost {cost!r}")
+        g = config.grid[cost]
+        if not (isinstance(g.num, int) and g.num >= 2):
+            _fail(f"grid.{cost}.num", f"must be an int >= 2; got {g.num!r}")
+        if not g.start < g.stop:
+            _fail(f"grid.{cost}", f"needs start < stop; got {g.start}, {g.stop}")
+        if g.log and g.start <= 0:
+            _fail(f"grid.{cost}.start", f"must be > 0 for a log grid; got {g.start}")
+
+
+def _axes_values(config: ml_collections.ConfigDict, cost: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x of the exact curve, x of the Monte Carlo points) for one cost."""
+    if "dims" in config:
+        mc = np.array(sorted(set(config.dims)), np.float64)
+        dense = np.unique(np.round(np.geomspace(1, mc.max(), 200)))
+        return np.union1d(dense, mc), mc
+    g = config.grid[cost]
+    space = np.geomspace if g.log else np.linspace
+    x = space(g.start, g.stop, g.num)
+    return x, x[:: config.mc_every]
+
+
+def _rows(config: ml_collections.ConfigDict, cost: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact-side rows of one cost at the axis values ``x`` (``k`` or ``D``)."""
+    c = COSTS[cost]
+    n = x.shape[0]
+    by_dim = "dims" in config
+    return {
+        "weights": np.tile(np.asarray(c.weight_vector()), (n, 1)),
+        "k": np.zeros(n) if by_dim else x,
+        "constant": np.full(n, c.constant),
+        "dim": x if by_dim else np.ones(n),
+    }
+
+
+def _exact(config, estimator: str, parameter: str, rows: dict[str, np.ndarray]) -> np.ndarray:
+    return _variance_exact.exact_variance(
+        estimator,
+        parameter,
+        rows["weights"],
+        rows["k"],
+        rows["constant"],
+        rows["dim"],
+        config.loc,
+        config.scale,
+        num_nodes=config.num_nodes,
+    )
+
+
+def _mc_tasks(config: ml_collections.ConfigDict) -> list[tuple[str, int, list[tuple[str, float]]]]:
+    """(estimator, D, [(cost, x), ...]) for each jitted call: the rows it computes."""
+    tasks = []
+    for est in config.estimators:
+        if "dims" in config:
+            for dim in sorted(set(config.dims)):
+                tasks.append((est, dim, [(c, float(dim)) for c in config.costs]))
+        else:
+            rows = [(c, float(x)) for c in config.costs for x in _axes_values(config, c)[1]]
+            tasks.append((est, 1, rows))
+    return tasks
+
+
+def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> dict:
+    """Monte Carlo variance and standard error of both parameters for the rows of one call."""
+    by_dim = "dims" in config
+    # Each estimator (and D) has its own stream, whatever else the config computes.
+    key = jax.random.fold_in(jax.random.key(config.seed), _variance_mc.ESTIMATORS.index(estimator))
+    if by_dim:
+        key = jax.random.fold_in(key, dim)
+    costs = [COSTS[c] for c, _ in rows]
+    chunks = tuple(_variance_mc.chunk_sizes(config.num_samples, len(rows), dim))
+    moments = _variance_mc.mc_moments(
+        key,
+        np.array([c.weight_vector() for c in costs], np.float32),
+        np.array([0.0 if by_dim else x for _, x in rows], np.float32),
+        np.array([c.constant for c in costs], np.float32),
+        np.float32(config.loc),
+        np.float32(config.scale),
+        estimator=estimator,
+        terms=active_terms([c for c, _ in rows]),
+        dim=dim,
+        chunks=chunks,
+    )
+    return {p: _variance_mc.combine(moments[p], chunks) for p in _variance_mc.PARAMETERS}
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Compute the figure's exact curves and Monte Carlo points, save them, draw the figure."""
+    validate(config)
+    workdir = Path(workdir)
+    by_dim = "dims" in config
+    exact_curves = []
+    for cost in config.costs:
+        x, _ = _axes_values(config, cost)
+        rows = _rows(config, cost, x)
+        for est in config.estimators:
+            for p in config.parameters:
+                exact_curves.append(
+                    {
+                        "cost": cost,
+                        "estimator": est,
+                        "parameter": p,
+                        "x": x.tolist(),
+                        "variance": _exact(config, est, p, rows).tolist(),
+                    }
+                )
+    points = []
+    tasks = _mc_tasks(config)
+    bar = tqdm(tasks, desc=f"{config.name} Monte Carlo", unit="run", leave=False)
+    for est, dim, rows in bar:
+        bar.set_postfix_str(est + (f" D={dim}" if by_dim else ""))
+        mc = _run_mc(config, est, dim, rows)
+        for p in config.parameters:
+            variance, se = mc[p]
+            for cost in dict.fromkeys(c for c, _ in rows):
+                idx = [i for i, (c, _) in enumerate(rows) if c == cost]
+                xs = np.array([rows[i][1] for i in idx])
+                exact = _exact(config, est, p, _rows(config, cost, xs))
+                for j, i in enumerate(idx):
+                    points.append(
+                        dict(
+                            zip(
+                                _POINT_FIELDS,
+                                (cost, est, p, xs[j], exact[j], variance[i], se[i]),
+                                strict=True,
+                            )
+                        )
+                    )
+    points = [
+        {k: (float(v) if k in _POINT_FIELDS[3:] else v) for k, v in r.items()} for r in points
+    ]
+    results = {
+        "name": config.name,
+        "title": config.title,
+        "axis": "dim" if by_dim else "k",
+        "xscale": config.xscale,
+        "yscale": config.yscale,
+        "loc": config.loc,
+        "scale": config.scale,
+        "num_samples": config.num_samples,
+        "statistic": (
+            "exact: variance of the estimate for one coordinate; Monte Carlo: per-coordinate "
+            "sample variance averaged over the D coordinates, +-2 SE"
+            if by_dim
+            else "single-sample variance; Monte Carlo +-2 SE"
+        ),
+        "costs": {c: COSTS[c].label for c in config.costs},
+        "estimators": {e: ESTIMATOR_LABELS[e] for e in config.estimators},
+        "parameters": list(config.parameters),
+        "exact": exact_curves,
+        "points": points,
+    }
+    write_json(workdir / "results.json", results)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_POINT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(points)
+    atomic_write_text(workdir / "results.csv", buf.getvalue())
+    plot(workdir)
+    return results
+
+
+def _panels(results: dict) -> list[tuple[str | None, str]]:
+    """(cost or None for all costs, parameter) of each panel, in reading order."""
+    params = results["parameters"]
+    if results["axis"] == "dim":
+        return [(None, p) for p in params]
+    return [(c, p) for c in results["costs"] for p in params]
+
+
+def _log_floor(values: list[float]) -> float:
+    """Lower y-limit for a log axis: ignores exact zeros (and float rounding below 1e-12 max)."""
+    v = np.asarray([x for x in values if x > 0 and math.isfinite(x)])
+    keep = v[v >= 1e-12 * v.max()]
+    return 0.5 * float(keep.min())
+
+
+def plot(workdir: str | Path) -> list[Path]:
+    """Redraw the figure from ``workdir/results.json`` alone; returns the PNG and PDF paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workdir = Path(workdir)
+    results = read_json(workdir / "results.json")
+    panels = _panels(results)
+    params = results["parameters"]
+    ncols = len(params) if len(params) > 1 or results["axis"] == "dim" else len(panels)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False)
+    overlay = results["axis"] == "dim"
+    series = [
+        (c, e) for c in (results["costs"] if overlay else [None]) for e in results["estimators"]
+    ]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = {}
+    for ax, (cost, param) in zip(axes.ravel(), panels, strict=False):
+        shown = []
+        for i, (scost, est) in enumerate(series):
+            color = colors[i % len(colors)]
+            want = scost if overlay else cost
+            label = results["estimators"][est]
+            if overlay:
+                label = f"{results['costs'][scost]}" + (
+                    f", {label}" if len(results["estimators"]) > 1 else ""
+                )
+            for curve in results["exact"]:
+                if (curve["cost"], curve["estimator"], curve["parameter"]) == (want, est, param):
+                    ax.plot(curve["x"], curve["variance"], color=color, lw=1.6)
+                    shown += curve["variance"]
+            pts = [
+                r
+                for r in results["points"]
+                if (r["cost"], r["estimator"], r["parameter"]) == (want, est, param)
+            ]
+            if pts:
+                xs = np.array([r["x"] for r in pts])
+                ys = np.array([r["mc_variance"] for r in pts])
+                err = 2 * np.array([r["mc_se"] for r in pts])
+                ax.errorbar(
+                    xs, ys, yerr=err, fmt="o", ms=3.2, mfc="white", mew=1.0, color=color,
+                    elinewidth=1.0, capsize=0, zorder=3,
+                )  # fmt: skip
+                shown += ys.tolist()
+            handles[label] = color
+        ax.set_xscale(results["xscale"])
+        ax.set_yscale(results["yscale"])
+        if results["yscale"] == "log" and shown:
+            ax.set_ylim(_log_floor(shown), 2 * max(shown))
+        ax.set_xlabel("dimension $D$" if overlay else "$k$")
+        what = "variance per coordinate" if overlay else "variance"
+        ax.set_ylabel(f"{what} of the $\\partial/\\partial${PARAMETER_LABELS[param]} estimate")
+        title = f"$\\partial/\\partial${PARAMETER_LABELS[param]}"
+        if cost is not None:
+            title = f"{results['costs'][cost]}, {title}"
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    legend = [
+        Line2D([], [], color=c, lw=1.6, marker="o", ms=4, mfc="white", label=label)
+        for label, c in handles.items()
+    ]
+    fig.legend(
+        handles=legend,
+        loc="lower center",
+        ncol=len(legend) if len(legend) <= 4 else 3,
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.02),
+    )
+    n = results["num_samples"]
+    note = (
+        f"lines: exact (numerical integration); points: Monte Carlo, {n:,} samples each, "
+        f"$\\pm$2 SE; $\\mu = {results['loc']:g}$, $\\sigma = {results['scale']:g}$"
+    )
+    if overlay:
+        note += "; MC: mean over coordinates"
+    fig.suptitle(f"{results['title']}\n{note}", fontsize=10)
+    rows_legend = 1 if len(legend) <= 4 else -(-len(legend) // 3)
+    fig.tight_layout(rect=(0, 0.05 + 0.04 * rows_legend, 1, 1))
+    paths = save_figure(fig, workdir / results["name"])
+    plt.close(fig)
+    return paths

@@ -1,0 +1,314 @@
+"""The variance figures (Figs 2-7): exact side against closed forms, MC side against exact, runs.
+
+Exact side: closed forms at mu = sigma = 1, k = 0, f = x^2 (derived by hand from the moments of
+the Gaussian, Weibull = Rayleigh(1) and double-sided Maxwell), closed forms in D dimensions,
+the quadrature rules themselves, and convergence (two node counts agree).
+Monte Carlo side: the chunk merge; and every config run at a small size through
+``run_experiment`` (the smoke test of each config), whose saved Monte Carlo points must lie
+within a Bonferroni-corrected number of standard errors of the exact values, with the configs'
+fixed seed; the same check rejects a curve 25% off. Then redrawing, and bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import experiments
+from experiments import _cli, _variance_exact, _variance_mc, variance
+from experiments._variance_costs import COSTS
+
+ALPHA = 1e-4  # family-wise false-alarm probability of one statistical test
+NODES = 512
+
+
+def _exact(est, param, cost, k, *, dim=1.0, loc=1.0, scale=1.0, num_nodes=NODES):
+    k = np.atleast_1d(np.asarray(k, np.float64))
+    n = k.shape[0]
+    c = COSTS[cost]
+    return _variance_exact.exact_variance(
+        est,
+        param,
+        np.tile(c.weight_vector(), (n, 1)),
+        k,
+        np.full(n, c.constant),
+        np.full(n, dim),
+        loc,
+        scale,
+        num_nodes=num_nodes,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Exact side
+# ------------------------------------------------------------------------------------------
+
+# f(x) = x^2 under N(1, 1). W ~ Rayleigh(1): E W = sqrt(pi/2), E W^2 = 2, E W^3 = 3 sqrt(pi/2),
+# E W^4 = 8. M double-sided Maxwell: E M^2 = 3, E M^4 = 15, odd moments 0.
+#   coupled d/dmu: (1+W)^2 - (1-W)^2 = 4W, Var = 16 (2 - pi/2) / (2 pi) = 4 (4 - pi) / pi;
+#   uncoupled d/dmu: (Var (1+W)^2 + Var (1-W)^2) / (2 pi) = (24 - 4 pi) / (2 pi) = 12/pi - 2;
+#   uncoupled d/dsigma: Var (1+M)^2 + Var (1+eps)^2 = 18 + 6 = 24.
+CLOSED_FORMS = {
+    "score_function": (30.0, 136.0),
+    "score_function_optimal_baseline": (14.0, 64.0),
+    "pathwise": (4.0, 12.0),
+    "measure_valued_coupled": (4 * (4 - math.pi) / math.pi, 8.0),
+    "measure_valued_uncoupled": (12 / math.pi - 2, 24.0),
+}
+
+
+@pytest.mark.parametrize("estimator", sorted(CLOSED_FORMS))
+def test_exact_closed_forms_at_k0(estimator):
+    for param, expected in zip(("loc", "scale"), CLOSED_FORMS[estimator], strict=True):
+        got = _exact(estimator, param, "quadratic", 0.0)[0]
+        assert got == pytest.approx(expected, rel=1e-12), (estimator, param)
+
+
+def test_exact_closed_forms_in_d_dimensions():
+    """Score function, N(mu 1, sigma^2 I_D), first coordinate (derivation in the comments)."""
+    dims = np.array([1.0, 2.0, 7.0, 100.0, 1000.0])
+    mu, sigma = 0.5, 1.3
+    for param, const_var, lin_var in (
+        # f = 100: g = 100 s, Var = 1e4 E[s^2]; f = sum x_d, E[g^2] from E[f^2 s^2] with f
+        # split into x_1 and an independent N((D-1) mu, (D-1) sigma^2) rest:
+        ("loc", 1e4 / sigma**2, dims**2 * mu**2 / sigma**2 + dims + 1),
+        ("scale", 2e4 / sigma**2, 2 * dims**2 * mu**2 / sigma**2 + 2 * dims + 8),
+    ):
+        for cost, expected in (("constant", const_var), ("linear", lin_var)):
+            got = [
+                _exact("score_function", param, cost, 0.0, dim=d, loc=mu, scale=sigma)[0]
+                for d in dims
+            ]
+            np.testing.assert_allclose(got, np.broadcast_to(expected, dims.shape), rtol=1e-11)
+    # The other coordinates cancel in the measure-valued estimator: the same at every D.
+    # Linear cost: coupled d/dmu = c 2 sigma W, Var = (4 - pi) / pi; d/dsigma = M (1 - U),
+    # Var = E M^2 E (1 - U)^2 = 1.
+    for d in dims:
+        got = [
+            _exact("measure_valued_coupled", p, "linear", 0.0, dim=d, loc=10.0)[0]
+            for p in ("loc", "scale")
+        ]
+        np.testing.assert_allclose(got, [(4 - math.pi) / math.pi, 1.0], rtol=1e-12)
+
+
+def test_quadrature_rules_integrate_known_moments():
+    q = _variance_exact.rules(NODES)
+    z, wz = q.normal_nodes, q.normal_weights
+    r, wr = q.weibull_nodes, q.weibull_weights
+    for w in (wz, q.maxwell_weights, wr, q.uniform_weights):
+        assert np.sum(w) == pytest.approx(1.0, abs=1e-13)
+    np.testing.assert_allclose([wz @ z**2, wz @ z**4, wz @ np.cos(3 * z)], [1, 3, np.exp(-4.5)])
+    np.testing.assert_allclose(q.maxwell_weights @ z**2, 3.0)
+    np.testing.assert_allclose(q.maxwell_weights @ z**4, 15.0)
+    np.testing.assert_allclose([wr @ r, wr @ r**2, wr @ r**4], [math.sqrt(math.pi / 2), 2, 8])
+
+
+def test_maxwell_times_uniform_is_standard_normal():
+    """The coupling eps = M U: E h(M U) = E h(eps) for moments and a characteristic function."""
+    q = _variance_exact.rules(NODES)
+    mu = q.normal_nodes[:, None] * q.uniform_nodes[None, :]
+    w2 = q.maxwell_weights[:, None] * q.uniform_weights[None, :]
+    for t in (0.5, 1.0, 2.5):
+        assert np.sum(w2 * np.cos(t * mu)) == pytest.approx(math.exp(-t * t / 2), abs=1e-12)
+    for power, moment in ((1, 0.0), (2, 1.0), (3, 0.0), (4, 3.0), (6, 15.0)):
+        assert np.sum(w2 * mu**power) == pytest.approx(moment, abs=1e-11)
+
+
+def _figure_rows():
+    """Every cost of the k-figures on a subsample of its grid (k=10 bump included)."""
+    return {
+        "quadratic": np.linspace(-3, 3, 13),
+        "exp_quadratic": np.geomspace(0.1, 10, 13),
+        "cosine": np.geomspace(0.5, 5, 13),
+    }
+
+
+def test_exact_converges_in_the_number_of_nodes():
+    for cost, ks in _figure_rows().items():
+        for est in _variance_exact.ESTIMATORS:
+            for p in _variance_exact.PARAMETERS:
+                a = _exact(est, p, cost, ks, num_nodes=NODES)
+                b = _exact(est, p, cost, ks, num_nodes=2 * NODES)
+                # Relative, except where the variance is 0 (coupled d/dmu of (x-1)^2).
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14 * np.abs(b).max())
+
+
+# ------------------------------------------------------------------------------------------
+# Monte Carlo side
+# ------------------------------------------------------------------------------------------
+
+
+def test_combine_merges_chunks_exactly():
+    rng = np.random.default_rng(0)
+    g = rng.standard_t(df=8, size=(1, 3 * 400, 3)) * [1.0, 2.0, 5.0] + 3.0
+    chunks = (400, 400, 400)
+    parts = [g[:, i * 400 : (i + 1) * 400] for i in range(3)]
+    moments = {
+        "mean": np.stack([p.mean(1) for p in parts], 1),
+        "m2": np.stack([((p - p.mean(1, keepdims=True)) ** 2).sum(1) for p in parts], 1),
+        "h1": np.stack([((p - p.mean(1, keepdims=True)) ** 2).mean(2).sum(1) for p in parts], 1),
+        "h2": np.stack(
+            [(((p - p.mean(1, keepdims=True)) ** 2).mean(2) ** 2).sum(1) for p in parts], 1
+        ),
+    }
+    var, se = _variance_mc.combine(moments, chunks)
+    np.testing.assert_allclose(var, np.var(g[0], axis=0, ddof=1).mean(), rtol=1e-12)
+    # D = 1, one chunk: the textbook standard error sqrt((m4 - m2^2) / N).
+    x = g[0, :, :1]
+    dev = x - x.mean()
+    one = {"mean": x.mean(0)[None, None], "m2": (dev**2).sum(0)[None, None]}
+    one |= {"h1": np.array([[np.sum(dev**2)]]), "h2": np.array([[np.sum(dev**4)]])}
+    _, se1 = _variance_mc.combine(one, (x.shape[0],))
+    m2, m4 = np.mean(dev**2), np.mean(dev**4)
+    assert se1[0] == pytest.approx(math.sqrt((m4 - m2**2) / x.shape[0]), rel=1e-12)
+
+
+def _baseline_noise(param, cost, ks, num_samples):
+    """Extra variance E[s^2] Var(b_hat) of the score function with an estimated baseline.
+
+    b_hat is a ratio estimator of b* = E[f s^2] / E[s^2] from ``num_samples`` samples of its
+    own; by the delta method Var(b_hat) = Var((f - b*) s^2) / (N E[s^2]^2). Three times that is
+    the allowance (it is a known positive bias of order 1/N, not noise). One dimension only.
+    """
+    q = _variance_exact.rules(NODES)
+    z, w = q.normal_nodes, q.normal_weights
+    s2 = z**2 if param == "loc" else (z**2 - 1) ** 2
+    weights = np.tile(COSTS[cost].weight_vector(), (len(ks), 1))
+    phi = _variance_exact._phi(1.0 + z, weights, np.asarray(ks, np.float64))
+    es2 = w @ s2
+    b = (phi * s2) @ w / es2
+    resid = (phi - b[:, None]) * s2
+    var_b = (resid**2 @ w - (resid @ w) ** 2) / (num_samples * es2**2)
+    return 3 * es2 * var_b
+
+
+# ------------------------------------------------------------------------------------------
+# Runs through the command line's machinery
+# ------------------------------------------------------------------------------------------
+
+SMALL = {
+    # Small grids, 20,000 samples; the estimators, costs and parameters are the configs' own.
+    "fig2": ["grid.quadratic.num=7"],
+    "fig3": ["grid.exp_quadratic.num=7", "grid.cosine.num=7"],
+    "fig4": ["dims=(1, 4)"],
+    "fig5": ["dims=(1, 3)"],
+    "fig6": ["grid.quadratic.num=7", "grid.exp_quadratic.num=7"],
+    "fig7": ["grid.quadratic.num=7", "grid.exp_quadratic.num=7"],
+}
+NUM_SAMPLES = 20_000
+
+
+def _small(name: str):
+    config = experiments.load_config(name)
+    overrides = SMALL[name] + [f"num_samples={NUM_SAMPLES}"]
+    if "dims" not in config:
+        overrides.append("mc_every=1")
+    experiments.apply_overrides(config, overrides)
+    return config
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_config_runs_and_its_points_match_the_exact_curves(name, tmp_path):
+    """A small run of each config: its files, and every MC point within its error bars.
+
+    |MC - exact| <= z SE + allowance, z Bonferroni-corrected over the config's points, with
+    allowances for float32 rounding (a variance floor of (1e-5 relative)^2 of the curve) and,
+    for the optimal baseline, for its estimation noise (``_baseline_noise``).
+    """
+    config = _small(name)
+    workdir = tmp_path / name
+    results = experiments.run_experiment(config, workdir)
+    for f in ("config.json", "run_info.json", "results.json", "results.csv"):
+        assert (workdir / f).is_file(), f
+    for ext in ("png", "pdf"):
+        assert (workdir / f"{name}.{ext}").stat().st_size > 1000
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["points"] == json.loads(json.dumps(results["points"]))
+    header = (workdir / "results.csv").read_text().splitlines()[0]
+    assert header == "cost,estimator,parameter,x,exact_variance,mc_variance,mc_se"
+    if "dims" in config:
+        per_cost = [len(config.dims)] * len(config.costs)
+    else:
+        per_cost = [config.grid[c].num for c in config.costs]
+    points = saved["points"]
+    assert len(points) == len(config.estimators) * len(config.parameters) * sum(per_cost)
+
+    var, se, exact, allowance = (np.array([r[f] for r in points]) for f in _FIELDS)
+    for i, r in enumerate(points):
+        curve = [q["exact_variance"] for q in points if q["cost"] == r["cost"]]
+        allowance[i] = 1e-10 * max(curve)
+        if r["estimator"] == "score_function_optimal_baseline":
+            allowance[i] += _baseline_noise(r["parameter"], r["cost"], [r["x"]], NUM_SAMPLES)[0]
+    z = stats.norm.isf(ALPHA / (2 * len(points)))
+    bad = np.abs(var - exact) > z * se + allowance
+    assert not bad.any(), [p for p, b in zip(points, bad, strict=True) if b]
+    # The same check rejects a curve 25% off at most points, so it can fail.
+    assert (np.abs(var - 1.25 * exact) > z * se + allowance).mean() > 0.5
+
+
+_FIELDS = ("mc_variance", "mc_se", "exact_variance", "exact_variance")
+
+
+def test_plot_redraws_from_saved_results_alone(tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    experiments.run_experiment(_small("fig7"), workdir)
+    for ext in ("png", "pdf"):
+        (workdir / f"fig7.{ext}").unlink()
+
+    def no_computing(*args, **kwargs):
+        raise AssertionError("plot must not recompute")
+
+    monkeypatch.setattr(_variance_mc, "mc_moments", no_computing)
+    monkeypatch.setattr(_variance_exact, "exact_variance", no_computing)
+    paths = experiments.redraw(workdir)
+    assert sorted(p.name for p in paths) == ["fig7.pdf", "fig7.png"]
+    assert all(p.is_file() for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("scale=0.0", "scale"),
+        ("scale=-1.0", "scale"),
+        ("num_samples=0", "num_samples"),
+        ("num_samples=1", "num_samples"),
+        ("estimators=('pathwise', 'reinforce')", "estimators"),
+        ("grid.quadratic.start=4.0", "grid.quadratic"),
+        ("num_nodes=4", "num_nodes"),
+    ],
+)
+def test_bad_values_are_named_and_nothing_is_written(override, key, tmp_path, capsys):
+    config = experiments.load_config("fig2")
+    experiments.apply_overrides(config, [override])
+    with pytest.raises(ValueError, match=rf"config\.{key}"):
+        variance.validate(config)
+    workdir = tmp_path / "out"
+    code = _cli.main(["run", "fig2", "--workdir", str(workdir), f"--config.{override}"])
+    assert code == 2
+    assert f"config.{key}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_key_and_used_workdir_are_refused(tmp_path, capsys):
+    code = _cli.main(["run", "fig2", "--workdir", str(tmp_path / "a"), "--config.sigma=2.0"])
+    assert code == 2
+    assert "unknown config key 'sigma'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    config = experiments.load_config("fig2")
+    with config.unlocked():
+        config.extra = 1
+    with pytest.raises(ValueError, match="unknown config key"):
+        variance.validate(config)
+    # A workdir holding other results is refused before anything runs; it stays as it was.
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "results.json").write_text("{}")
+    args = ["run", "fig2", "--workdir", str(used), "--config.num_samples=500"]
+    assert _cli.main(args) == 2
+    assert "already holds results" in capsys.readouterr().err
+    assert [p.name for p in used.iterdir()] == ["results.json"]
+    assert (used / "results.json").read_text() == "{}"
