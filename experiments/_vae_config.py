@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.grad_var_batch_size = 128
     config.train_time_budget_s = 0.0  # > 0: stop at the first epoch end past this many seconds
     config.progress = True
+    config.figures = True  # draw the figures at the end (plot(workdir) can always redraw them)
     # Evaluation: importance-sampled log p(x) with k samples, chunked.
     config.ll_num_samples = 5000
     config.ll_chunk_size = 500

@@ -66,14 +66,18 @@ class Setup:
 def init_state(config, data_dim: int, key: Array) -> tuple[Setup, PyTree]:
     """The ``Setup`` (minus batch counts) pieces and the initial training state pytree."""
     k_model, k_base = jax.random.split(key)
-    model = models.VAE(
-        data_dim,
-        tuple(config.hidden),
-        config.latent_dim,
-        config.activation,
-        rngs=nnx.Rngs(params=k_model),
-    )
-    graphdef, params = nnx.split(model)
+
+    def build_module(k):
+        return models.VAE(
+            data_dim,
+            tuple(config.hidden),
+            config.latent_dim,
+            config.activation,
+            rngs=nnx.Rngs(params=k),
+        )
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_module(k_model)))
+    params = jax.jit(lambda k: nnx.split(build_module(k))[1])(k_model)  # one compilation
     optimizer = optax.adam(config.learning_rate)
     state = {
         "params": params,
@@ -85,12 +89,13 @@ def init_state(config, data_dim: int, key: Array) -> tuple[Setup, PyTree]:
     }
     bgraphdef = bopt = None
     if config.estimator == "score_function_nvil":
-        bnet = models.MLP(
-            (data_dim, *tuple(config.baseline_hidden), 1),
-            "tanh",
-            rngs=nnx.Rngs(params=k_base),
-        )
-        bgraphdef, bparams = nnx.split(bnet)
+
+        def build_baseline(k):
+            sizes = (data_dim, *tuple(config.baseline_hidden), 1)
+            return models.MLP(sizes, "tanh", rngs=nnx.Rngs(params=k))
+
+        bgraphdef, _ = nnx.split(nnx.eval_shape(lambda: build_baseline(k_base)))
+        bparams = jax.jit(lambda k: nnx.split(build_baseline(k))[1])(k_base)
         bopt = optax.adam(config.baseline_learning_rate)
         state["bparams"], state["bopt"] = bparams, bopt.init(bparams)
     pieces = {
@@ -253,28 +258,52 @@ def make_grad_variance(setup: Setup, num_estimates: int) -> Callable[..., dict[s
     return jax.jit(variance)
 
 
-def make_evaluate(graphdef, *, ll_num_samples: int, ll_chunk_size: int, batch: int = 8):
-    """Jitted ``(params, test [N, D] binary, key) -> {"elbo": [N], "log_likelihood": [N]}``."""
+def make_log_likelihood(graphdef, *, ll_num_samples: int, ll_chunk_size: int, batch: int = 8):
+    """Jitted ``(params, test [N, D] binary, key) -> [N]`` importance-sampled log p(x).
 
-    def evaluate(params, xs, key):
+    ``batch`` examples at a time under ``lax.map``, each with ``ll_num_samples`` samples drawn
+    ``ll_chunk_size`` at a time: memory ``O(batch * ll_chunk_size * D)``.
+    """
+
+    def log_likelihood(params, xs, key):
         model = nnx.merge(graphdef, params)
-        k_elbo, k_ll = jax.random.split(key)
-        n = xs.shape[0]
-        elbo = jax.lax.map(
-            lambda a: models.elbo(model, a[0], a[1]),
-            (xs, jax.random.split(k_elbo, n)),
-            batch_size=min(n, 500),
-        )
-        ll = jax.lax.map(
+        return jax.lax.map(
             lambda a: models.log_likelihood(
                 model, a[0], a[1], num_samples=ll_num_samples, chunk_size=ll_chunk_size
             ),
-            (xs, jax.random.split(k_ll, n)),
-            batch_size=min(n, batch),
+            (xs, jax.random.split(key, xs.shape[0])),
+            batch_size=min(xs.shape[0], batch),
         )
-        return {"elbo": elbo, "log_likelihood": ll}
 
-    return jax.jit(evaluate)
+    return jax.jit(log_likelihood)
+
+
+def make_figure_data(graphdef, *, latent_dim: int, num_originals: int = 16):
+    """Jitted ``(params, test [N, D], key) -> dict`` of decoder means for the figures.
+
+    ``samples [64, D]`` from the prior, ``reconstructions [num_originals, D]`` of the first test
+    images, and for ``latent_dim == 2`` the ``manifold [225, D]`` over a 15 x 15 grid of normal
+    quantiles (5 % to 95 %).
+    """
+
+    def figure_data(params, test, key):
+        model = nnx.merge(graphdef, params)
+        k_prior, k_rec = jax.random.split(key)
+        z = jax.random.normal(k_prior, (64, latent_dim))
+        originals = test[:num_originals]
+        q = model.encode(originals)
+        out = {
+            "samples": jax.nn.sigmoid(model.decode(z)),
+            "originals": originals,
+            "reconstructions": jax.nn.sigmoid(model.decode(q.sample(k_rec))),
+        }
+        if latent_dim == 2:
+            grid = jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, 15))
+            zz = jnp.stack(jnp.meshgrid(grid, grid[::-1]), -1).reshape(-1, 2)
+            out["manifold"] = jax.nn.sigmoid(model.decode(zz))
+        return out
+
+    return jax.jit(figure_data)
 
 
 def make_test_elbo(graphdef):

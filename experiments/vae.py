@@ -29,6 +29,7 @@ from ._vae_train import ESTIMATORS, MULTI_SAMPLE, TrainingDiverged
 from ._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
 
 RESUMABLE = True
+_binarize = jax.jit(data.binarize)
 _TEST_BINARIZATION_SEED = 0  # every run, whatever its seed, is evaluated on the same test bits
 
 
@@ -108,9 +109,9 @@ def _load(config) -> tuple[data.Dataset, np.ndarray, np.ndarray]:
     if config.batch_size > len(train):
         raise ValueError(f"config.batch_size={config.batch_size} > {len(train)} training examples")
     key = jax.random.key(_TEST_BINARIZATION_SEED)
-    test = np.asarray(data.binarize(jax.random.fold_in(key, 1), jnp.asarray(test)))
+    test = np.asarray(_binarize(jax.random.fold_in(key, 1), jnp.asarray(test)))
     if config.binarization == "static":
-        train = np.asarray(data.binarize(jax.random.fold_in(key, 2), jnp.asarray(train)))
+        train = np.asarray(_binarize(jax.random.fold_in(key, 2), jnp.asarray(train)))
     return ds, train, test
 
 
@@ -227,7 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     test = jnp.asarray(test_np)
     var_batch = jnp.asarray(
         np.asarray(
-            data.binarize(
+            _binarize(
                 jax.random.fold_in(base, 3), jnp.asarray(train_np[: config.grad_var_batch_size])
             )
         )
@@ -325,23 +326,25 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
         ):  # checkpoint on exit (normal, interrupt or divergence): the last good state
             _save(manager, good_state, good_epoch)
 
-    results = _evaluate_and_finish(config, workdir, setup, state, test, rows, compile_time, base)
+    results = _evaluate_and_finish(
+        config, workdir, setup, state, test, rows, compile_time, base, test_elbo_fn
+    )
     results["stopped_by_time_budget"] = stopped_by_budget
     write_json(workdir / "results.json", results)
     return results
 
 
-def _evaluate_and_finish(config, workdir, setup, state, test, rows, compile_time, base) -> dict:
+def _evaluate_and_finish(
+    config, workdir, setup, state, test, rows, compile_time, base, test_elbo_fn
+) -> dict:
     params = state["params"]
     t = time.perf_counter()
     ll_test = test[: config.ll_test_examples] if config.ll_test_examples else test
-    evaluate = _vae_train.make_evaluate(
+    log_likelihood = _vae_train.make_log_likelihood(
         setup.graphdef, ll_num_samples=config.ll_num_samples, ll_chunk_size=config.ll_chunk_size
     )
-    elbo = np.asarray(
-        _vae_train.make_test_elbo(setup.graphdef)(params, test, jax.random.fold_in(base, 6))
-    )
-    ll = np.asarray(evaluate(params, ll_test, jax.random.fold_in(base, 7))["log_likelihood"])
+    elbo = np.asarray(test_elbo_fn(params, test, jax.random.fold_in(base, 6)))
+    ll = np.asarray(log_likelihood(params, ll_test, jax.random.fold_in(base, 7)))
     eval_time = time.perf_counter() - t
     if not (np.all(np.isfinite(elbo)) and np.all(np.isfinite(ll))):
         raise TrainingDiverged(
@@ -377,7 +380,8 @@ def _evaluate_and_finish(config, workdir, setup, state, test, rows, compile_time
     }
     write_json(workdir / "results.json", results)
     _save_figure_data(config, workdir, setup, params, test, base)
-    plot(workdir)
+    if config.figures:
+        plot(workdir)
     print(
         f"{config.estimator}: test ELBO {elbo_mean:.2f} ± {elbo_se:.2f}, test log-likelihood "
         f"(k={config.ll_num_samples}, {ll_test.shape[0]} examples) {ll_mean:.2f} ± {ll_se:.2f}",
@@ -396,23 +400,8 @@ def setup_arch(config, data_dim: int) -> str:
 
 def _save_figure_data(config, workdir, setup, params, test, base) -> None:
     """Samples, reconstructions and (latent size 2) the manifold, for :func:`plot`."""
-    from flax import nnx
-
-    model = nnx.merge(setup.graphdef, params)
-    k_prior, k_rec = jax.random.split(jax.random.fold_in(base, 8))
-    z = jax.random.normal(k_prior, (64, config.latent_dim))
-    arrays = {
-        "samples": np.asarray(jax.nn.sigmoid(model.decode(z))),
-        "originals": np.asarray(test[:16]),
-    }
-    q = model.encode(test[:16])
-    arrays["reconstructions"] = np.asarray(jax.nn.sigmoid(model.decode(q.sample(k_rec))))
-    if config.latent_dim == 2:
-        from scipy.stats import norm
-
-        grid = norm.ppf(np.linspace(0.05, 0.95, 15))
-        zz = np.stack(np.meshgrid(grid, grid[::-1]), -1).reshape(-1, 2).astype(np.float32)
-        arrays["manifold"] = np.asarray(jax.nn.sigmoid(model.decode(jnp.asarray(zz))))
+    fn = _vae_train.make_figure_data(setup.graphdef, latent_dim=config.latent_dim)
+    arrays = {k: np.asarray(v) for k, v in fn(params, test, jax.random.fold_in(base, 8)).items()}
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(workdir / "figures_data.npz", buf.getvalue())

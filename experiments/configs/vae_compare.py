@@ -4,6 +4,7 @@ import ml_collections
 
 from experiments._vae_config import base_config
 
+
 def get_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.runner = "vae_compare"

@@ -1,0 +1,132 @@
+"""Training throughput of the default VAE against this machine's fp32 matrix-multiply roofline.
+
+    python benchmarks/bench_vae.py [--batch-size 128] [--steps 50] [--repeats 5]
+                                   [--workdir runs/vae_mnist]
+
+Measures, in the same run:
+  * the roofline: GFLOP/s of a large jitted ``jnp.dot`` (fp32, n x n), median of repeats;
+  * the VAE: examples/s of a jitted, scanned slice of an epoch (``--steps`` Adam steps with
+    dynamic binarisation, pathwise estimator, 784-400-20/20-400-784 ReLU), median of repeats;
+  * the model's FLOPs per example: 2 x (multiply-adds of every dense layer) forward, times 3
+    for forward + backward; the ratio achieved / roofline (target >= 0.7).
+With ``--workdir`` of a finished ``vae_mnist`` run it also prints the log-likelihood target
+(better than -92 nats within 30 minutes of training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def roofline_gflops(n: int, repeats: int) -> float:
+    """Median GFLOP/s of an ``[n, n] @ [n, n]`` fp32 matmul (2 n^3 flops)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    seconds = _median_time(lambda: dot(a, b).block_until_ready(), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def model_flops_per_example(sizes_enc: list[int], sizes_dec: list[int]) -> tuple[float, float]:
+    """(forward, training) flops per example: 2 x multiply-adds, training = 3 x forward."""
+    macs = sum(a * b for a, b in zip(sizes_enc[:-1], sizes_enc[1:], strict=True))
+    macs += sum(a * b for a, b in zip(sizes_dec[:-1], sizes_dec[1:], strict=True))
+    return 2.0 * macs, 6.0 * macs
+
+
+def vae_examples_per_s(batch_size: int, steps: int, repeats: int, estimator: str) -> float:
+    """Median examples/s of ``steps`` jitted, scanned training steps of the default model."""
+    from experiments import _vae_train
+    from experiments._vae_config import base_config
+
+    config: ml_collections.ConfigDict = base_config()
+    config.estimator = estimator
+    pieces, state = _vae_train.init_state(config, 784, jax.random.key(0))
+    setup = _vae_train.Setup(
+        estimator=estimator,
+        num_samples=config.num_samples if estimator in _vae_train.MULTI_SAMPLE else 1,
+        batch_size=batch_size,
+        num_batches=steps,
+        dynamic=True,
+        ma_decay=config.ma_decay,
+        **pieces,
+    )
+    train = _data(steps * batch_size)
+    epoch = _vae_train.make_train_epoch(setup)
+    key = jax.random.key(1)
+    seconds = _median_time(lambda: epoch(state, train, key)[1].block_until_ready(), repeats)
+    return steps * batch_size / seconds
+
+
+def _data(n: int) -> jax.Array:
+    """The first n MNIST training images if ``$MNIST_DIR`` has them, else uniform pixels."""
+    if os.environ.get("MNIST_DIR"):
+        from experiments import data
+
+        return jnp.asarray(data.load_dataset("mnist", download=False).train[:n])
+    return jax.random.uniform(jax.random.key(2), (n, 784))
+
+
+def _target(workdir: Path) -> None:
+    results = json.loads((workdir / "results.json").read_text())
+    ll, se = results["test_log_likelihood"], results["test_log_likelihood_se"]
+    minutes = results["train_loop_time_s"] / 60
+    ok = ll > -92 and minutes <= 30.5
+    print(
+        f"target: test log p(x) (k={results['ll_num_samples']}, {results['ll_test_examples']} "
+        f"test images) = {ll:.2f} ± {se:.2f} nats after {results['epochs']} epochs, "
+        f"{minutes:.1f} min of training; better than -92 within 30 min: {'yes' if ok else 'NO'}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--estimator", default="pathwise")
+    p.add_argument("--workdir", type=Path, default=None)
+    args = p.parse_args()
+
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, load {os.getloadavg()}")
+    roof = roofline_gflops(args.matmul_n, args.repeats)
+    fwd, train_flops = model_flops_per_example([784, 400, 40], [20, 400, 784])
+    ex_s = vae_examples_per_s(args.batch_size, args.steps, args.repeats, args.estimator)
+    achieved = ex_s * train_flops / 1e9
+    print(f"roofline: fp32 {args.matmul_n}x{args.matmul_n} matmul   {roof:8.1f} GFLOP/s (median)")
+    print(
+        f"model: 784-400-20/20-400-784 relu, {fwd / 1e6:.2f} MFLOP forward, "
+        f"{train_flops / 1e6:.2f} MFLOP per training example (3 x forward)"
+    )
+    print(
+        f"training ({args.estimator}, batch {args.batch_size}, {args.steps} scanned steps): "
+        f"{ex_s:,.0f} examples/s (median of {args.repeats}) = {achieved:.1f} GFLOP/s"
+    )
+    print(f"ratio achieved / roofline: {achieved / roof:.2f} (target >= 0.7)")
+    print(f"one epoch of 60 000 images: {60000 / ex_s:.2f} s; load after: {os.getloadavg()}")
+    if args.workdir is not None:
+        _target(args.workdir)
+
+
+if __name__ == "__main__":
+    main()
