@@ -23,6 +23,10 @@ COLORS = {
 }
 
 
+# Delta-method and measure-valued curves dashed: they often lie on top of another variant's.
+STYLES = {"score_function_delta": "--", "pathwise_delta": "--", "measure_valued": "--"}
+
+
 def _plt():
     import matplotlib
 
@@ -32,10 +36,12 @@ def _plt():
     return plt
 
 
-def _band(ax, x, per_seed: np.ndarray, color: str, label: str | None, log: bool = False):
-    """Mean over seeds (axis 0) as a line, min-max over seeds as a band."""
+def _band(
+    ax, x, per_seed: np.ndarray, color: str, label: str | None, log: bool = False, ls: str = "-"
+):
+    """Mean over seeds (axis 0; geometric if ``log``) as a line, min-max over seeds as a band."""
     mean = np.exp(np.log(per_seed).mean(axis=0)) if log else per_seed.mean(axis=0)
-    ax.plot(x, mean, color=color, label=label, lw=1.2)
+    ax.plot(x, mean, color=color, label=label, lw=1.2, ls=ls)
     if per_seed.shape[0] > 1:
         ax.fill_between(x, per_seed.min(axis=0), per_seed.max(axis=0), color=color, alpha=0.2)
 
@@ -86,7 +92,8 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
             per_seed = arrays[f"{variant}/{name}"]
             if per_seed.ndim == 3:
                 per_seed = per_seed.mean(axis=-1)
-            _band(ax, steps, per_seed, COLORS[variant], LABELS[variant], log=log)
+            style = STYLES.get(variant, "-")
+            _band(ax, steps, per_seed, COLORS[variant], LABELS[variant], log=log, ls=style)
             if name == "elbo":
                 lows.append(np.percentile(per_seed.mean(axis=0), 5))
         ax.set_title(title, fontsize=10)
@@ -100,9 +107,16 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     axes[0, 0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
     axes[0, 1].legend(loc="lower right", fontsize=8)
     n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
+    mvd = (
+        f" (measure-valued: {config.measure_valued_variance_samples})"
+        if "measure_valued" in config.variants
+        else ""
+    )
     fig.suptitle(
         f"Bayesian logistic regression: N = {config.num_samples} samples, batch "
-        f"{config.batch_size}, {n_seeds} seeds (line = mean, band = range over seeds)",
+        f"{config.batch_size}, {n_seeds} seeds (line = mean, band = range over seeds)\n"
+        f"evaluated every {config.eval_every} steps on the full data: ELBO and accuracy from "
+        f"{config.eval_samples} samples, variances from {config.variance_samples}{mvd}",
         fontsize=10,
     )
     fig.tight_layout()
@@ -135,6 +149,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
             yerr=std,
             color=COLORS[variant],
             label=LABELS[variant],
+            ls=STYLES.get(variant, "-"),
             marker="o",
             ms=3,
             capsize=2,

@@ -135,6 +135,7 @@ def _train(
     start, cpu_start = time.perf_counter(), time.process_time()
     compiled = program.lower(features, labels, keys).compile()
     compiled_at = time.perf_counter()
+    bar.reset(total=num_blocks)  # time the run, not the compile
     params, metrics = jax.block_until_ready(compiled(features, labels, keys))
     done, cpu_done = time.perf_counter(), time.process_time()
     bar.close()
