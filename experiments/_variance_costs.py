@@ -21,6 +21,9 @@ import jax.numpy as jnp
 
 # The terms phi may combine, in a fixed order: weights arrays are [..., len(TERMS)].
 TERMS = ("quadratic", "exp_quadratic", "cosine", "linear", "quartic")
+# The terms of the one-dimensional families in k. The k-figures all evaluate these three (the
+# unused ones with weight 0), so they share one traced program per estimator and grid size.
+K_TERMS = ("quadratic", "exp_quadratic", "cosine")
 
 
 def term(name: str, xp: ModuleType, x: Any, k: Any) -> Any:
@@ -99,5 +102,8 @@ def separable_cost(
     """
     per_coordinate = jnp.zeros_like(x)
     for t in terms:
-        per_coordinate = per_coordinate + weights[TERMS.index(t)] * term(t, jnp, x, k)
+        w = weights[TERMS.index(t)]
+        # A term with weight 0 sees k = 0, so it stays finite (exp(-k x^2) overflows for k < 0
+        # and 0 * inf would be NaN) and so does its gradient.
+        per_coordinate = per_coordinate + w * term(t, jnp, x, jnp.where(w != 0, k, 0.0))
     return constant + jnp.sum(per_coordinate)

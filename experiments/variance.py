@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import _variance_exact, _variance_mc
-from ._variance_costs import COSTS, active_terms
+from ._variance_costs import COSTS, K_TERMS, active_terms
 from ._workdir import atomic_write_text, read_json, save_figure, write_json
 
 ESTIMATOR_LABELS = {
@@ -57,7 +57,6 @@ _KEYS = {
     "parameters",
     "costs",
     "num_nodes",
-    "xscale",
     "yscale",
 }
 _GRID_KEYS = {"grid", "mc_every"}
@@ -98,9 +97,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         values = config[key]
         if not values or any(v not in known for v in values) or len(set(values)) < len(values):
             _fail(key, f"must be distinct names from {sorted(known)}; got {list(values)}")
-    for key in ("xscale", "yscale"):
-        if config[key] not in ("linear", "log"):
-            _fail(key, f"must be 'linear' or 'log'; got {config[key]!r}")
+    if config.yscale not in ("linear", "log"):
+        _fail("yscale", f"must be 'linear' or 'log'; got {config.yscale!r}")
     if by_dim:
         dims = config.dims
         if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
@@ -182,7 +180,7 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
     if by_dim:
         key = jax.random.fold_in(key, dim)
     costs = [COSTS[c] for c, _ in rows]
-    chunks = tuple(_variance_mc.chunk_sizes(config.num_samples, len(rows), dim))
+    chunks = tuple(_variance_mc.chunk_sizes(config.num_samples, len(rows), dim, estimator))
     moments = _variance_mc.mc_moments(
         key,
         np.array([c.weight_vector() for c in costs], np.float32),
@@ -191,7 +189,7 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
         np.float32(config.loc),
         np.float32(config.scale),
         estimator=estimator,
-        terms=active_terms([c for c, _ in rows]),
+        terms=active_terms([c for c, _ in rows]) if by_dim else K_TERMS,
         dim=dim,
         chunks=chunks,
     )
@@ -247,7 +245,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         "name": config.name,
         "title": config.title,
         "axis": "dim" if by_dim else "k",
-        "xscale": config.xscale,
+        "xscale": {c: "log" if by_dim or config.grid[c].log else "linear" for c in config.costs},
         "yscale": config.yscale,
         "loc": config.loc,
         "scale": config.scale,
@@ -282,6 +280,10 @@ def _panels(results: dict) -> list[tuple[str | None, str]]:
     return [(c, p) for c in results["costs"] for p in params]
 
 
+def results_first_cost(results: dict) -> str:
+    return next(iter(results["costs"]))
+
+
 def _log_floor(values: list[float]) -> float:
     """Lower y-limit for a log axis: ignores exact zeros (and float rounding below 1e-12 max)."""
     v = np.asarray([x for x in values if x > 0 and math.isfinite(x)])
@@ -295,6 +297,8 @@ def plot(workdir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     workdir = Path(workdir)
     results = read_json(workdir / "results.json")
@@ -338,13 +342,17 @@ def plot(workdir: str | Path) -> list[Path]:
                 )  # fmt: skip
                 shown += ys.tolist()
             handles[label] = color
-        ax.set_xscale(results["xscale"])
+        ax.set_xscale(results["xscale"][cost or results_first_cost(results)])
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(
+                FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
+            )
         ax.set_yscale(results["yscale"])
         if results["yscale"] == "log" and shown:
-            ax.set_ylim(_log_floor(shown), 2 * max(shown))
+            ax.set_ylim(_log_floor(shown), 1.6 * max(shown))
         ax.set_xlabel("dimension $D$" if overlay else "$k$")
-        what = "variance per coordinate" if overlay else "variance"
-        ax.set_ylabel(f"{what} of the $\\partial/\\partial${PARAMETER_LABELS[param]} estimate")
+        ax.set_ylabel("variance per coordinate" if overlay else "variance")
         title = f"$\\partial/\\partial${PARAMETER_LABELS[param]}"
         if cost is not None:
             title = f"{results['costs'][cost]}, {title}"
@@ -352,8 +360,6 @@ def plot(workdir: str | Path) -> list[Path]:
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes.ravel()[len(panels) :]:
         ax.set_visible(False)
-    from matplotlib.lines import Line2D
-
     legend = [
         Line2D([], [], color=c, lw=1.6, marker="o", ms=4, mfc="white", label=label)
         for label, c in handles.items()
@@ -363,7 +369,7 @@ def plot(workdir: str | Path) -> list[Path]:
         loc="lower center",
         ncol=len(legend) if len(legend) <= 4 else 3,
         frameon=False,
-        bbox_to_anchor=(0.5, -0.02),
+        bbox_to_anchor=(0.5, 0.0),
     )
     n = results["num_samples"]
     note = (
@@ -374,7 +380,8 @@ def plot(workdir: str | Path) -> list[Path]:
         note += "; MC: mean over coordinates"
     fig.suptitle(f"{results['title']}\n{note}", fontsize=10)
     rows_legend = 1 if len(legend) <= 4 else -(-len(legend) // 3)
-    fig.tight_layout(rect=(0, 0.05 + 0.04 * rows_legend, 1, 1))
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0.3 * rows_legend / height, 1, 1))
     paths = save_figure(fig, workdir / results["name"])
     plt.close(fig)
     return paths

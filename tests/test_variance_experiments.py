@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -238,6 +240,7 @@ def test_every_config_runs_and_its_points_match_the_exact_curves(name, tmp_path)
     assert len(points) == len(config.estimators) * len(config.parameters) * sum(per_cost)
 
     var, se, exact, allowance = (np.array([r[f] for r in points]) for f in _FIELDS)
+    assert np.isfinite(var).all() and np.isfinite(se).all() and np.isfinite(exact).all()
     for i, r in enumerate(points):
         curve = [q["exact_variance"] for q in points if q["cost"] == r["cost"]]
         allowance[i] = 1e-10 * max(curve)
@@ -312,3 +315,17 @@ def test_unknown_key_and_used_workdir_are_refused(tmp_path, capsys):
     assert "already holds results" in capsys.readouterr().err
     assert [p.name for p in used.iterdir()] == ["results.json"]
     assert (used / "results.json").read_text() == "{}"
+
+
+def test_unused_terms_stay_finite_for_negative_k():
+    """The k-figures evaluate every term; exp(-k x^2) with k < 0 must not leak inf/NaN."""
+    from experiments._variance_costs import K_TERMS, separable_cost
+
+    w = jnp.asarray(COSTS["quadratic"].weight_vector(), jnp.float32)
+
+    def f(x):
+        return separable_cost(x, w, jnp.float32(-3.0), jnp.float32(0.0), terms=K_TERMS)
+
+    x = jnp.asarray([9.0], jnp.float32)
+    assert float(f(x)) == pytest.approx(144.0)
+    assert float(jax.grad(f)(x)[0]) == pytest.approx(24.0)

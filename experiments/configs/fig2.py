@@ -27,6 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.mc_every = 2  # Monte Carlo at every 2nd k of the grid
     config.num_nodes = 512  # quadrature nodes per integration rule
-    config.xscale = "linear"
     config.yscale = "log"
     return config

@@ -28,6 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.mc_every = 4  # Monte Carlo at every 4th k of the grid
     config.num_nodes = 512  # quadrature nodes per integration rule
-    config.xscale = "log"
     config.yscale = "log"
     return config

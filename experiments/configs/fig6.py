@@ -26,6 +26,5 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.mc_every = 4  # Monte Carlo at every 4th k of the grid
     config.num_nodes = 512  # quadrature nodes per integration rule
-    config.xscale = "linear"
     config.yscale = "log"
     return config
