@@ -92,7 +92,7 @@ def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: 
         if te:
             ax.plot(*zip(*te, strict=True), "o-", ms=3, color=line.get_color(), label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats); line: train estimate, dots: test")
+    ax.set_ylabel("nats; dots: test ELBO, line: training objective\n(the K-sample bound for iwae)")
     ax.set_title(f"{title}: ELBO during training")
     lows = [r.get("test_elbo", -r["train_loss"]) for rows in runs.values() for r in rows]
     if lows:
