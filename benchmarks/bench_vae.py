@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,35 +27,29 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 
-def roofline_gflops(n: int, repeats: int) -> float:
-    """Median GFLOP/s of an ``[n, n] @ [n, n]`` fp32 matmul (2 n^3 flops)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def make_matmuls(sizes: list[int]) -> dict[int, object]:
+    """Per size n, a compiled, warmed-up ``[n, n] @ [n, n]`` fp32 matmul (2 n^3 flops)."""
     dot = jax.jit(jnp.dot)
-    seconds = _median_time(lambda: dot(a, b).block_until_ready(), repeats)
-    return 2 * n**3 / seconds / 1e9
+    out = {}
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        out[n] = lambda a=a, b=b: dot(a, b).block_until_ready()
+        out[n]()
+    return out
 
 
-def model_flops_per_example(sizes_enc: list[int], sizes_dec: list[int]) -> tuple[float, float]:
-    """(forward, training) flops per example: 2 x multiply-adds, training = 3 x forward."""
-    macs = sum(a * b for a, b in zip(sizes_enc[:-1], sizes_enc[1:], strict=True))
-    macs += sum(a * b for a, b in zip(sizes_dec[:-1], sizes_dec[1:], strict=True))
-    return 2.0 * macs, 6.0 * macs
-
-
-def vae_examples_per_s(batch_size: int, steps: int, repeats: int, estimator: str) -> float:
-    """Median examples/s of ``steps`` jitted, scanned training steps of the default model."""
+def make_training(batch_size: int, steps: int, estimator: str):
+    """A compiled, warmed-up call of ``steps`` scanned training steps of the default model."""
     from experiments import _vae_train
     from experiments._vae_config import base_config
 
@@ -73,8 +68,19 @@ def vae_examples_per_s(batch_size: int, steps: int, repeats: int, estimator: str
     train = _data(steps * batch_size)
     epoch = _vae_train.make_train_epoch(setup)
     key = jax.random.key(1)
-    seconds = _median_time(lambda: epoch(state, train, key)[1].block_until_ready(), repeats)
-    return steps * batch_size / seconds
+
+    def call():
+        epoch(state, train, key)[1].block_until_ready()
+
+    call()
+    return call
+
+
+def model_flops_per_example(sizes_enc: list[int], sizes_dec: list[int]) -> tuple[float, float]:
+    """(forward, training) flops per example: 2 x multiply-adds, training = 3 x forward."""
+    macs = sum(a * b for a, b in zip(sizes_enc[:-1], sizes_enc[1:], strict=True))
+    macs += sum(a * b for a, b in zip(sizes_dec[:-1], sizes_dec[1:], strict=True))
+    return 2.0 * macs, 6.0 * macs
 
 
 def _data(n: int) -> jax.Array:
@@ -103,26 +109,43 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--matmul-n", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument("--estimator", default="pathwise")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args()
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, load {os.getloadavg()}")
-    roof = roofline_gflops(args.matmul_n, args.repeats)
     fwd, train_flops = model_flops_per_example([784, 400, 40], [20, 400, 784])
-    ex_s = vae_examples_per_s(args.batch_size, args.steps, args.repeats, args.estimator)
-    achieved = ex_s * train_flops / 1e9
-    print(f"roofline: fp32 {args.matmul_n}x{args.matmul_n} matmul   {roof:8.1f} GFLOP/s (median)")
+    matmuls = make_matmuls(args.matmul_n)
+    training = make_training(args.batch_size, args.steps, args.estimator)
+    # Interleaved: each repeat times every matmul size and the training slice back to back, so
+    # both sides of each ratio see the same load on a shared machine.
+    gflops = {n: [] for n in matmuls}
+    model_gflops, ratios = [], []
+    for _ in range(args.repeats):
+        for n, fn in matmuls.items():
+            gflops[n].append(2 * n**3 / _seconds(fn) / 1e9)
+        ex_s = args.steps * args.batch_size / _seconds(training)
+        model_gflops.append(ex_s * train_flops / 1e9)
+        ratios.append(model_gflops[-1] / max(g[-1] for g in gflops.values()))
+    med = statistics.median
+    for n, g in gflops.items():
+        print(f"fp32 matmul {n:5d}^3: {med(g):7.1f} GFLOP/s (median of {args.repeats})")
+    roof = max(med(g) for g in gflops.values())
+    ex_s = med(model_gflops) * 1e9 / train_flops
+    print(f"roofline (best size, median): {roof:.1f} GFLOP/s")
     print(
         f"model: 784-400-20/20-400-784 relu, {fwd / 1e6:.2f} MFLOP forward, "
         f"{train_flops / 1e6:.2f} MFLOP per training example (3 x forward)"
     )
     print(
         f"training ({args.estimator}, batch {args.batch_size}, {args.steps} scanned steps): "
-        f"{ex_s:,.0f} examples/s (median of {args.repeats}) = {achieved:.1f} GFLOP/s"
+        f"{ex_s:,.0f} examples/s = {med(model_gflops):.1f} GFLOP/s (median of {args.repeats})"
     )
-    print(f"ratio achieved / roofline: {achieved / roof:.2f} (target >= 0.7)")
+    print(
+        f"ratio achieved / roofline: {med(ratios):.2f} (median of per-repeat ratios; "
+        f"min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 0.7)"
+    )
     print(f"one epoch of 60 000 images: {60000 / ex_s:.2f} s; load after: {os.getloadavg()}")
     if args.workdir is not None:
         _target(args.workdir)
