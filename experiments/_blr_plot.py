@@ -155,9 +155,13 @@ def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
             capsize=2,
             lw=1.2,
         )
-        for v, c in zip(values, count, strict=True):
-            if c < finals.shape[0]:
-                notes.append(f"{LABELS[variant]} at {v}: {finals.shape[0] - c} diverged")
+        lost = [
+            f"{v} ({finals.shape[0] - c}/{finals.shape[0]})"
+            for v, c in zip(values, count, strict=True)
+            if c < finals.shape[0]
+        ]
+        if lost:
+            notes.append(f"{LABELS[variant]} at {', '.join(lost)}")
     ax.set_xscale("log")
     ax.set_xticks(values, [str(v) for v in values])
     ax.minorticks_off()
@@ -170,7 +174,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
         fig.text(
             0.01,
             -0.02,
-            "Seeds left out (NaN/inf): " + "; ".join(notes),
+            "Diverged seeds (NaN/inf, left out): " + "; ".join(notes),
             fontsize=7,
             va="top",
             wrap=True,
