@@ -194,7 +194,8 @@ def _baseline_noise(param, cost, ks, num_samples):
 
 SMALL = {
     # Small grids, 20,000 samples; the estimators, costs and parameters are the configs' own.
-    "fig2": ["grid.quadratic.num=7"],
+    # 14 rows each for the k-figures, so they share compiled programs (as the full ones do).
+    "fig2": ["grid.quadratic.num=14"],
     "fig3": ["grid.exp_quadratic.num=7", "grid.cosine.num=7"],
     "fig4": ["dims=(1, 4)"],
     "fig5": ["dims=(1, 3)"],
