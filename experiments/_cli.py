@@ -159,9 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reproduce":
             names = args.configs or [f"fig{i}" for i in range(2, 8)]
             configs = []
-            for name in names:  # Load them all first: a typo fails before any run.
+            for name in names:  # Load and check them all first: bad input fails before any run.
                 config = _config.load_config(name)
                 _config.apply_overrides(config, overrides)
+                runner = runner_module(config)
+                if hasattr(runner, "validate"):
+                    runner.validate(config)
+                _workdir.check_workdir(
+                    (Path(args.outdir) / name).resolve(),
+                    _config.config_to_dict(config),
+                    overwrite=args.overwrite,
+                    resume=False,
+                )
                 configs.append((name, config))
             start = time.perf_counter()
             for name, config in configs:
