@@ -330,3 +330,15 @@ def test_unused_terms_stay_finite_for_negative_k():
     x = jnp.asarray([9.0], jnp.float32)
     assert float(f(x)) == pytest.approx(144.0)
     assert float(jax.grad(f)(x)[0]) == pytest.approx(24.0)
+
+
+def test_reproduce_checks_every_config_and_workdir_before_running_any(tmp_path, capsys):
+    (tmp_path / "fig7").mkdir()
+    (tmp_path / "fig7" / "results.json").write_text("{}")
+    assert _cli.main(["reproduce", "fig6", "fig7", "--outdir", str(tmp_path)]) == 2
+    assert "fig7 already holds results" in capsys.readouterr().err
+    assert not (tmp_path / "fig6").exists()
+    args = ["reproduce", "fig2", "fig3", "--outdir", str(tmp_path / "new"), "--config.scale=0"]
+    assert _cli.main(args) == 2
+    assert "config.scale must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
