@@ -378,13 +378,19 @@ def test_unbiased_seeds(battery, seed):
     [
         ("pathwise-Normal", 1.02),
         ("score_function-Normal", 1.05),
-        ("pathwise-Gamma", 1.05),
-        ("score_function-Dirichlet", 1.05),
+        ("pathwise-Gamma", 1.02),
+        ("score_function-Dirichlet", 1.10),
         ("score_function-Bernoulli-Categorical", 1.05),
     ],
 )
 def test_battery_detects_bias(battery, bias):
-    """The same checks, on the same estimates scaled by ``bias``, fail: the battery has power."""
+    """The same checks, on the same estimates scaled by ``bias``, fail: the battery has power.
+
+    Measured with seed 0 (checks failing at 2% / 5% / 10% bias): pathwise Normal 184/285/477 of
+    1056, Gamma 14/38/51 of 108; score function Normal 0/20/100 of 1056, Dirichlet 0/1/6 of 54,
+    Bernoulli + Categorical 5/20/56 of 306. The score function on Gamma/Beta/Dirichlet has the
+    least power (a 10% bias) for its 30k samples: its variance is large for these costs.
+    """
     assert BATTERIES[battery](0, scale=bias).failures()
 
 
