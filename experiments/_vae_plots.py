@@ -20,15 +20,16 @@ def _pyplot():
     return plt
 
 
-def _grid(images: np.ndarray, shape: tuple[int, int], cols: int) -> np.ndarray:
-    """``[n, h*w]`` -> one ``[rows*h, cols*w]`` image (blank cells padded white)."""
+def _grid(images: np.ndarray, shape: tuple[int, int], cols: int, pad: int = 1) -> np.ndarray:
+    """``[n, h*w]`` -> one image of ``rows x cols`` cells, ``pad`` blank pixels between cells."""
     h, w = shape
     n = len(images)
     rows = -(-n // cols)
-    out = np.ones((rows * h, cols * w), np.float32)
+    out = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad), np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        out[r * h : (r + 1) * h, c * w : (c + 1) * w] = img.reshape(h, w)
+        y, x = r * (h + pad), c * (w + pad)
+        out[y : y + h, x : x + w] = img.reshape(h, w)
     return out
 
 
