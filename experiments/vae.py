@@ -213,7 +213,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
         if restored is not None:
             state, last_epoch = restored
             start_epoch = last_epoch + 1
-            rows = [r for r in _read_metrics(workdir) if r["epoch"] <= last_epoch]
+            rows = [r for r in _read_metrics(workdir) if r["epoch"] <= last_epoch + 1]
             print(
                 f"resuming after epoch {last_epoch + 1} (step {int(state['step'])})",
                 file=sys.stderr,
@@ -380,7 +380,7 @@ def _evaluate_and_finish(
     }
     write_json(workdir / "results.json", results)
     _save_figure_data(config, workdir, setup, params, test, base)
-    if config.figures:
+    if config.get("figures", True):  # runs made before the key existed drew figures
         plot(workdir)
     print(
         f"{config.estimator}: test ELBO {elbo_mean:.2f} ± {elbo_se:.2f}, test log-likelihood "

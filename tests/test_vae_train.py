@@ -99,6 +99,13 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, estimato
     ra = json.loads((tmp_path / "straight" / "results.json").read_text())
     rb = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert ra["test_elbo"] == rb["test_elbo"] and ra["steps"] == rb["steps"] == 4 * 6
+    assert ra["epochs"] == rb["epochs"] == 4
+
+    def untimed(workdir):
+        rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]
+
+    assert untimed(tmp_path / "straight") == untimed(tmp_path / "resumed")
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
