@@ -156,7 +156,7 @@ def log_likelihood_measure_valued(
 
     Returns:
       ``{"loc": [num_samples, D], "log_scale": [num_samples, D]}``. Memory
-      ``O(num_samples * 4 * D * B)``.
+      ``O(chunk * 4 * D * B)``, samples processed ``chunk`` at a time (about 2**20 elements).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(
