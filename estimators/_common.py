@@ -6,6 +6,7 @@ they cost nothing under ``jit`` and fail before any computation.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +22,19 @@ DistBuilder = Callable[[PyTree], Distribution]
 
 
 def check_num_samples(num_samples: Any, who: str) -> int:
-    """``num_samples`` must be a Python int >= 1 (it fixes shapes, so it is static under jit)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+    """``num_samples`` must be an integer >= 1 (it fixes shapes, so it is static under jit).
+
+    Python and NumPy integers are accepted; bools, floats and traced values are not.
+    """
+    try:
+        if isinstance(num_samples, bool):
+            raise TypeError
+        num_samples = operator.index(num_samples)
+    except TypeError:
         raise TypeError(
             f"{who}: num_samples must be a Python int (static under jit); "
             f"got {type(num_samples).__name__}"
-        )
+        ) from None
     if num_samples < 1:
         raise ValueError(f"{who}: num_samples must be >= 1; got {num_samples}")
     return num_samples

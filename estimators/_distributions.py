@@ -227,7 +227,13 @@ class Beta(Distribution):
 
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
         shape = (*sample_shape, *self.event_shape)
-        return jax.random.beta(key, self.a, self.b, shape)
+        x = jax.random.beta(key, self.a, self.b, shape)
+        # In float32, Beta(a, b < 1) rounds ~5e-4 of its samples to exactly 1.0 (and a < 1 to
+        # 0.0), where log_prob is -inf and a score-function estimate NaN. Keep samples in the
+        # open interval; the clip moves them by at most one ulp and leaves the implicit
+        # reparameterisation gradient untouched.
+        finfo = jnp.finfo(x.dtype)
+        return x + jax.lax.stop_gradient(jnp.clip(x, finfo.tiny, 1 - finfo.epsneg) - x)
 
     def log_prob(self, x: Array) -> Array:
         a, b = _expand(jnp.shape(x), self.a, self.b)
