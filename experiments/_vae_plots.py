@@ -85,19 +85,26 @@ def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: 
     """ELBO curves and gradient-variance curves of several estimators, one plot each."""
     plt = _pyplot()
     paths = []
+    finals = {
+        name: [r["test_elbo"] for r in rows if "test_elbo" in r][-1:] or [-rows[-1]["train_loss"]]
+        for name, rows in runs.items()
+        if rows
+    }
+    top = max(v[0] for v in finals.values())
+    mid = float(np.median([v[0] for v in finals.values()]))
+    low = mid - 2 * (top - mid) - 10  # runs far below the others are drawn off scale
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in runs.items():
         ep = [r["epoch"] for r in rows]
         (line,) = ax.plot(ep, [-r["train_loss"] for r in rows], lw=1, alpha=0.6)
         te = [(r["epoch"], r["test_elbo"]) for r in rows if "test_elbo" in r]
+        label = name if finals.get(name, [top])[0] >= low else f"{name} (off scale)"
         if te:
-            ax.plot(*zip(*te, strict=True), "o-", ms=3, color=line.get_color(), label=name)
+            ax.plot(*zip(*te, strict=True), "o-", ms=3, color=line.get_color(), label=label)
+    ax.set_ylim(low, top + 0.1 * (top - low))
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats; dots: test ELBO, line: training objective\n(the K-sample bound for iwae)")
     ax.set_title(f"{title}: ELBO during training")
-    lows = [r.get("test_elbo", -r["train_loss"]) for rows in runs.values() for r in rows]
-    if lows:
-        ax.set_ylim(np.percentile(lows, 5) - 5, max(lows) + 5)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     paths += save_figure(fig, Path(workdir) / "elbo_curves")
