@@ -20,6 +20,7 @@ from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
 from ._distributions import multi_normal as multi_normal
+from ._measure_valued import CoordinateCostFn as CoordinateCostFn
 from ._measure_valued import measure_valued as measure_valued
 from ._optax_compat import control_delta_method as control_delta_method
 from ._optax_compat import control_variates_jacobians as control_variates_jacobians

@@ -21,6 +21,7 @@ Gaussian of the scale as ``eps = M U`` with ``U ~ U(0, 1)`` (which is exactly N(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,8 @@ from ._distributions import Distribution, Normal
 # Auxiliary draws of sample i use jax.random.fold_in(keys[i], tag): the ordinary sample is
 # drawn from keys[i] itself, exactly as in `pathwise` and `score_function`.
 _TAG_WEIBULL_POS, _TAG_WEIBULL_NEG, _TAG_MAXWELL, _TAG_NEG_SCALE = 1, 2, 3, 4
+# (x: [D], values: [P, D]) -> [P, D], out[p, d] = f(x with coordinate d set to values[p, d]).
+CoordinateCostFn = Callable[[Array, Array], Array]
 # Default size of one vectorised step, in scalar elements of the perturbed samples.
 _DEFAULT_STEP_ELEMENTS = 2**24
 
@@ -97,16 +100,22 @@ def coordinate_costs(
     return jax.lax.map(at_coordinate, (index, values.T), batch_size=batch_size).T
 
 
-def _step_sizes(num_samples: int, dim: int, batch_size: int | None) -> tuple[int, int]:
+def _check_step(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"measure_valued: {name} must be a Python int >= 1; got {value!r}")
+
+
+def _step_sizes(
+    num_samples: int, dim: int, batch_size: int | None, samples_per_step: int | None
+) -> tuple[int, int]:
     """(samples, coordinates) per vectorised step: about 2**24 perturbed-sample elements."""
+    _check_step("batch_size", batch_size)
+    _check_step("samples_per_step", samples_per_step)
     if batch_size is None:
         batch_size = max(1, min(dim, _DEFAULT_STEP_ELEMENTS // (4 * dim)))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"measure_valued: batch_size must be a Python int >= 1; got {batch_size!r}"
-        )
-    samples = max(1, min(num_samples, _DEFAULT_STEP_ELEMENTS // (4 * dim * batch_size)))
-    return samples, min(batch_size, dim)
+    if samples_per_step is None:
+        samples_per_step = _DEFAULT_STEP_ELEMENTS // (4 * dim * batch_size)
+    return max(1, min(num_samples, samples_per_step)), min(batch_size, dim)
 
 
 def measure_valued(
@@ -118,6 +127,8 @@ def measure_valued(
     num_samples: int,
     coupling: bool = True,
     batch_size: int | None = None,
+    samples_per_step: int | None = None,
+    coordinate_costs: CoordinateCostFn | None = None,
 ) -> PyTree:
     r"""Per-sample measure-valued estimates of :math:`\nabla_\theta E_{N(x;\mu,\sigma^2)}[f(x)]`.
 
@@ -143,6 +154,13 @@ def measure_valued(
         chunks too, so that one step holds about ``max(2**24, 4 * batch_size * D)`` elements of
         perturbed samples; memory is that plus the ``O(num_samples * D)`` output. The default
         takes as many coordinates as fit (all of them for small D).
+      samples_per_step: samples per vectorised step (static); the default follows from the
+        element budget above.
+      coordinate_costs: optional fast evaluator for a structured cost,
+        ``(x: [D], values: [P, D]) -> [P, D]`` with ``out[p, d] = f(x with x_d = values[p, d])``
+        (``x`` flattened). A cost that depends on ``x`` through ``A x`` can update ``A x`` by one
+        column instead of recomputing it (see ``models.logistic_regression``). It must agree
+        with ``function``, which is then used only to check the arguments.
 
     Returns:
       A pytree like ``params``; each leaf ``[num_samples, *leaf.shape]``. Costs ``4 D``
@@ -151,7 +169,7 @@ def measure_valued(
     dist = build_and_check(function, params, dist_builder, num_samples, "measure_valued")
     check_measure_valued_dist(dist, coupling, "measure_valued")
     jac_loc, jac_scale = _loc_scale_jacobians(
-        function, dist, key, num_samples, coupling, batch_size
+        function, dist, key, num_samples, coupling, batch_size, samples_per_step, coordinate_costs
     )
 
     def loc_scale(p: PyTree) -> tuple[Array, Array]:
@@ -169,6 +187,8 @@ def _loc_scale_jacobians(
     num_samples: int,
     coupling: bool,
     batch_size: int | None,
+    samples_per_step: int | None,
+    structured: CoordinateCostFn | None,
 ) -> tuple[Array, Array]:
     """Per-sample weak-derivative estimates w.r.t. ``dist.loc`` and ``dist.scale``.
 
@@ -176,16 +196,23 @@ def _loc_scale_jacobians(
     """
     event_shape = dist.event_shape
     dim = math.prod(event_shape)
-    sample_chunk, batch_size = _step_sizes(num_samples, dim, batch_size)
+    sample_chunk, batch_size = _step_sizes(num_samples, dim, batch_size, samples_per_step)
     loc = jax.lax.stop_gradient(jnp.reshape(dist.loc, (dim,)))
     scale = jax.lax.stop_gradient(jnp.reshape(dist.scale, (dim,)))
     base = jax.lax.stop_gradient(dist)
 
     def one_sample(k: Array) -> tuple[Array, Array]:
         x = jnp.reshape(base.sample(k), (dim,))  # the same draw as pathwise/score_function
-        costs = coordinate_costs(
-            function, x, _parts(k, loc, scale, coupling), event_shape, batch_size
-        )
+        values = _parts(k, loc, scale, coupling)
+        if structured is None:
+            costs = coordinate_costs(function, x, values, event_shape, batch_size)
+        else:
+            costs = structured(x, values)
+            if costs.shape != values.shape:
+                raise ValueError(
+                    f"measure_valued: coordinate_costs must return {list(values.shape)} "
+                    f"(one cost per replaced value); it returned {list(costs.shape)}"
+                )
         g_loc = (costs[0] - costs[1]) / (scale * math.sqrt(2 * math.pi))
         g_scale = (costs[2] - costs[3]) / scale
         return g_loc.reshape(event_shape), g_scale.reshape(event_shape)

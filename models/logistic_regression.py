@@ -10,16 +10,14 @@ the expected log-likelihood estimated by Monte Carlo, the KL in closed form. Eve
 pure and written for one weight sample ``w: [D]``; ``features: [B, D]``, ``labels: [B]`` (0/1
 floats). A minibatch log-likelihood is scaled to the full data set with ``scale = N_data / B``.
 
-:func:`log_likelihood_measure_valued` is :func:`estimators.measure_valued` specialised to this
-cost: the cost depends on ``w`` only through the logits ``X w``, so replacing one coordinate
-changes every logit by ``X[:, d] * delta`` and a perturbed cost costs ``O(B)`` instead of
-``O(B D)``. It draws exactly the samples ``estimators.measure_valued`` draws with the same key
-(tests/test_blr_model.py checks the two agree to rounding).
+:func:`log_likelihood_measure_valued` is :func:`estimators.measure_valued` given a fast
+evaluator of this cost (:func:`perturbed_log_likelihoods`): the cost depends on ``w`` only
+through the logits ``X w``, so replacing one coordinate changes every logit by
+``X[:, d] * delta`` and a perturbed cost costs ``O(B)`` instead of ``O(B D)``
+(tests/test_blr_model.py checks it against the plain cost to rounding).
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +27,6 @@ import estimators
 Array = jax.Array
 Params = dict[str, Array]
 
-# The auxiliary draws of estimators.measure_valued for sample i use
-# jax.random.fold_in(keys[i], tag) with these tags (see estimators/_measure_valued.py).
-_TAG_WEIBULL_POS, _TAG_WEIBULL_NEG, _TAG_MAXWELL, _TAG_NEG_SCALE = 1, 2, 3, 4
 # Elements of the perturbed-logit tensor processed per vectorised step.
 _CHUNK_ELEMENTS = 2**20
 
@@ -104,26 +99,30 @@ def evaluate(
     return {"elbo": jnp.mean(loglik) - kl_to_prior(params), "accuracy": jnp.mean(correct)}
 
 
-def _replacements(key: Array, loc: Array, scale: Array, coupling: bool) -> Array:
-    """``[4, D]`` values of the weak-derivative parts (mean +, mean -, scale +, scale -).
+def perturbed_log_likelihoods(
+    features: Array, labels: Array, scale: float | Array = 1.0
+) -> estimators.CoordinateCostFn:
+    r"""Fast ``coordinate_costs`` for :func:`estimators.measure_valued` of :func:`log_likelihood`.
 
-    The same draws as ``estimators.measure_valued`` makes for the sample drawn from ``key``.
+    With :math:`z = X w` and coordinate ``d`` set to ``v``, the log-likelihood is
+    :math:`s\,(y^\top z + (y^\top X)_d (v - w_d) - \sum_n \mathrm{softplus}(z_n + X_{nd}(v -
+    w_d)))`: ``O(B)`` per replaced coordinate instead of ``O(B D)``.
+
+    Args:
+      features: ``[B, D]``; labels: ``[B]``; scale: as :func:`log_likelihood`.
+
+    Returns:
+      ``(w: [D], values: [P, D]) -> [P, D]``, the log-likelihood with ``w_d = values[p, d]``.
     """
-    shape, dtype = loc.shape, loc.dtype
-    k = lambda tag: jax.random.fold_in(key, tag)  # noqa: E731
-    w_pos = jax.random.weibull_min(k(_TAG_WEIBULL_POS), math.sqrt(2.0), 2.0, shape, dtype)
-    if coupling:
-        w_neg = w_pos
-    else:
-        w_neg = jax.random.weibull_min(k(_TAG_WEIBULL_NEG), math.sqrt(2.0), 2.0, shape, dtype)
-    maxwell = jax.random.double_sided_maxwell(k(_TAG_MAXWELL), 0.0, 1.0, shape, dtype)
-    if coupling:
-        eps = maxwell * jax.random.uniform(k(_TAG_NEG_SCALE), shape, dtype)
-    else:
-        eps = jax.random.normal(k(_TAG_NEG_SCALE), shape, dtype)
-    return jnp.stack(
-        [loc + scale * w_pos, loc - scale * w_neg, loc + scale * maxwell, loc + scale * eps]
-    )
+    yx = labels @ features  # [D]
+
+    def costs(w: Array, values: Array) -> Array:
+        z = features @ w  # [B]
+        delta = values - w[None]  # [P, D]
+        perturbed = z[None, None] + delta[..., None] * features.T[None]  # [P, D, B]
+        return scale * (labels @ z + yx[None] * delta - jnp.sum(softplus(perturbed), axis=-1))
+
+    return costs
 
 
 def log_likelihood_measure_valued(
@@ -138,9 +137,9 @@ def log_likelihood_measure_valued(
 ) -> Params:
     r"""Per-sample measure-valued estimates of :math:`\nabla E_q[\log p(y \mid X, w)]`.
 
-    The same estimator, and the same draws, as
     ``estimators.measure_valued(lambda w: log_likelihood(w, features, labels, scale), params,
-    posterior, key, num_samples=..., coupling=...)``, computed in ``O(B)`` per perturbed cost:
+    posterior, key, num_samples=..., coupling=...)`` with the fast evaluator
+    :func:`perturbed_log_likelihoods`, so ``O(B)`` per perturbed cost:
     with :math:`z = X w` and coordinate ``d`` replaced by ``v``, the cost is
     :math:`\sum_n \ell_n(z_n + X_{nd}(v - w_d))`. For each sample and coordinate,
     :math:`\hat g_{\mu_d} = (f^+ - f^-) / (\sigma_d \sqrt{2\pi})` (Weibull parts) and
@@ -163,27 +162,18 @@ def log_likelihood_measure_valued(
             f"log_likelihood_measure_valued: num_samples must be a Python int >= 1; "
             f"got {num_samples!r}"
         )
-    dist = jax.lax.stop_gradient(posterior(params))
-    loc, sigma = dist.loc, dist.scale
-    # The label term y z is linear in w: its share of f(+) - f(-) is (y^T X)_d (v+ - v-).
-    yx = labels @ features  # [D]
-
-    keys = estimators.sample_keys(key, num_samples)
-
-    def one_sample(k: Array) -> tuple[Array, Array]:
-        w = dist.sample(k)  # the draw of estimators.measure_valued / pathwise with this key
-        delta = _replacements(k, loc, sigma, coupling) - w[None]  # [4, D]
-        # Summed softplus of the perturbed logits, [4, D].
-        z = features @ w  # [B]
-        sp = jnp.sum(softplus(z[None, None] + delta[..., None] * features.T[None]), axis=-1)
-        diff = scale * (yx[None] * (delta[0::2] - delta[1::2]) - (sp[0::2] - sp[1::2]))  # [2, D]
-        g_loc = diff[0] / (sigma * math.sqrt(2 * math.pi))
-        g_log_scale = diff[1]  # (f+ - f-) / sigma, times d sigma / d log_scale = sigma
-        return g_loc, g_log_scale
-
     # Chunks of samples keep the [chunk, 4, D, B] intermediate in cache; a chunk size that
     # divides num_samples compiles one loop body (no remainder), about half the compile time.
-    limit = max(1, min(num_samples, _CHUNK_ELEMENTS // (4 * loc.shape[0] * features.shape[0])))
+    dim, batch = features.shape[1], features.shape[0]
+    limit = max(1, min(num_samples, _CHUNK_ELEMENTS // (4 * dim * batch)))
     chunk = max(c for c in range(1, limit + 1) if num_samples % c == 0)
-    g_loc, g_log_scale = jax.lax.map(one_sample, keys, batch_size=chunk)
-    return {"loc": g_loc, "log_scale": g_log_scale}
+    return estimators.measure_valued(
+        lambda w: log_likelihood(w, features, labels, scale),
+        params,
+        posterior,
+        key,
+        num_samples=num_samples,
+        coupling=coupling,
+        samples_per_step=chunk,
+        coordinate_costs=perturbed_log_likelihoods(features, labels, scale),
+    )
