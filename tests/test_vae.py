@@ -23,7 +23,14 @@ D, H, L = 6, 5, 2
 
 
 def _model(seed: int = 0) -> models.VAE:
-    return models.VAE(D, (H,), L, "tanh", rngs=nnx.Rngs(seed))
+    """The tiny VAE, initialised under one jit (eager NNX init compiles op by op)."""
+
+    def build(k):
+        return models.VAE(D, (H,), L, "tanh", rngs=nnx.Rngs(params=k))
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(jax.random.key(seed))))
+    state = jax.jit(lambda k: nnx.split(build(k))[1])(jax.random.key(seed))
+    return nnx.merge(graphdef, state)
 
 
 def _x() -> jax.Array:
