@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw, sample_keys
+from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
 from ._distributions import Beta, Distribution, Gamma, Normal
 from ._measure_valued import measure_valued
 from ._pathwise import pathwise
@@ -185,7 +185,7 @@ def _correction(
     # Total derivative of E_theta[h_theta] minus the expansion point's share, estimated on the
     # estimator's own samples: unbiased.
     total = jax.grad(lambda p: cv.expectation(dist_builder(p)))(params)
-    xs = jax.lax.stop_gradient(draw(dist_builder, params, sample_keys(key, num_samples)))
+    xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
     share = jax.vmap(lambda x: jax.grad(lambda p: cv.value(dist_builder(p), x))(params))(xs)
     return jax.tree.map(lambda t, s: t[None] - s, total, share)
 

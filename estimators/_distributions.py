@@ -141,9 +141,16 @@ class Normal(Distribution):
         return jnp.square(self.scale)
 
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
+        return self.from_noise(self.standard_noise(key, sample_shape))
+
+    def standard_noise(self, key: Array, sample_shape: Shape = ()) -> Array:
+        """Standard normal draws ``[*sample_shape, *event_shape]``, the randomness of ``sample``."""
         shape = (*sample_shape, *self.event_shape)
-        eps = jax.random.normal(key, shape, jnp.result_type(self.loc))
-        loc, scale = _expand(shape, self.loc, self.scale)
+        return jax.random.normal(key, shape, jnp.result_type(self.loc))
+
+    def from_noise(self, eps: Array) -> Array:
+        """The reparameterisation ``loc + scale * eps``; ``eps: [*sample_shape, *event_shape]``."""
+        loc, scale = _expand(jnp.shape(eps), self.loc, self.scale)
         return loc + scale * eps
 
     def log_prob(self, x: Array) -> Array:

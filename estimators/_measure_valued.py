@@ -26,12 +26,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, sample_keys
+from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw_samples
 from ._distributions import Distribution, Normal
 
-# Auxiliary draws of sample i use jax.random.fold_in(keys[i], tag): the ordinary sample is
-# drawn from keys[i] itself, exactly as in `pathwise` and `score_function`.
+# The ordinary samples are estimators.draw_samples(dist, key, N), the samples of `pathwise` and
+# `score_function` with the same key; sample i's auxiliary draws come from
+# fold_in(aux_keys[i], tag), aux_keys = split(fold_in(key, _TAG_AUXILIARY), N).
 _TAG_WEIBULL_POS, _TAG_WEIBULL_NEG, _TAG_MAXWELL, _TAG_NEG_SCALE = 1, 2, 3, 4
+_TAG_AUXILIARY = 0x4D56
 # (x: [D], values: [P, D]) -> [P, D], out[p, d] = f(x with coordinate d set to values[p, d]).
 CoordinateCostFn = Callable[[Array, Array], Array]
 # Default size of one vectorised step, in scalar elements of the perturbed samples.
@@ -60,7 +62,10 @@ def check_measure_valued_dist(dist: Distribution, coupling: object, who: str) ->
 
 
 def _parts(key: Array, loc: Array, scale: Array, coupling: bool) -> Array:
-    """``[4, D]`` replacement values: mean +, mean -, scale +, scale - (flat ``loc, scale``)."""
+    """``[4, D]`` replacement values of one sample: mean +, mean -, scale +, scale -.
+
+    ``loc, scale: [D]`` (flat).
+    """
     shape, dtype = loc.shape, loc.dtype
     k = lambda tag: jax.random.fold_in(key, tag)  # noqa: E731
     w_pos = jax.random.weibull_min(k(_TAG_WEIBULL_POS), math.sqrt(2.0), 2.0, shape, dtype)
@@ -145,9 +150,9 @@ def measure_valued(
       function: cost ``f(x) -> []`` for one sample ``x: [*event_shape]``; never differentiated.
       params: any pytree of float arrays.
       dist_builder: ``params -> estimators.Normal`` (any other distribution is an error).
-      key: PRNG key; the ordinary sample ``i`` is drawn from
-        ``jax.random.split(key, num_samples)[i]``, the Weibull/Maxwell/uniform draws from
-        ``fold_in`` of that key.
+      key: PRNG key; the ordinary samples are ``estimators.draw_samples(dist, key,
+        num_samples)`` (those of :func:`pathwise` with the same key), the Weibull, Maxwell and
+        uniform draws come from ``fold_in`` of the key.
       num_samples: number of samples (static).
       coupling: share the random numbers of the positive and negative parts (lower variance).
       batch_size: coordinates evaluated per vectorised step (static). Samples are processed in
@@ -201,9 +206,14 @@ def _loc_scale_jacobians(
     scale = jax.lax.stop_gradient(jnp.reshape(dist.scale, (dim,)))
     base = jax.lax.stop_gradient(dist)
 
-    def one_sample(k: Array) -> tuple[Array, Array]:
-        x = jnp.reshape(base.sample(k), (dim,))  # the same draw as pathwise/score_function
-        values = _parts(k, loc, scale, coupling)
+    xs = jnp.reshape(draw_samples(base, key, num_samples), (num_samples, dim))
+    # One key per sample for the auxiliary draws, made inside the loop: memory stays that of
+    # one chunk of samples.
+    aux_keys = jax.random.split(jax.random.fold_in(key, _TAG_AUXILIARY), num_samples)
+
+    def one_sample(args: tuple[Array, Array]) -> tuple[Array, Array]:
+        x, aux_key = args  # [D], key
+        values = _parts(aux_key, loc, scale, coupling)  # [4, D]
         if structured is None:
             costs = coordinate_costs(function, x, values, event_shape, batch_size)
         else:
@@ -217,4 +227,4 @@ def _loc_scale_jacobians(
         g_scale = (costs[2] - costs[3]) / scale
         return g_loc.reshape(event_shape), g_scale.reshape(event_shape)
 
-    return jax.lax.map(one_sample, sample_keys(key, num_samples), batch_size=sample_chunk)
+    return jax.lax.map(one_sample, (xs, aux_keys), batch_size=sample_chunk)

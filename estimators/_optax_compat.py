@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, check_num_samples, draw, sample_keys
+from ._common import Array, check_num_samples, draw
 from ._control_variates import delta_method
 from ._distributions import Distribution, Normal
 from ._measure_valued import measure_valued
@@ -251,7 +251,7 @@ def control_variates_jacobians(
         coefs = [1.0] * len(params)
 
     f_jac = grad_estimator(function, params, dist_builder, rng, num_samples)
-    samples = draw(_positional(dist_builder), params, sample_keys(rng, num_samples))
+    samples = draw(_positional(dist_builder), params, rng, num_samples)
     state = cv_update(params, samples, control_variate_state)
     fixed = jax.lax.stop_gradient(params)
     cv_jac = grad_estimator(

@@ -13,7 +13,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw, sample_keys
+from ._common import (
+    Array,
+    CostFn,
+    DistBuilder,
+    PyTree,
+    build_and_check,
+    draw,
+    sample_from_noise,
+    sample_noise,
+)
 
 
 def _require_reparameterizable(dist, who: str) -> None:
@@ -38,7 +47,7 @@ def pathwise(
       function: cost ``f(x) -> []`` for one sample ``x: [*event_shape]``.
       params: any pytree of float arrays, the distribution's parameters :math:`\theta`.
       dist_builder: ``params -> Distribution``; must be reparameterisable.
-      key: PRNG key; sample ``i`` is drawn from ``jax.random.split(key, num_samples)[i]``.
+      key: PRNG key; the samples are ``estimators.draw_samples(dist, key, num_samples)``.
       num_samples: number of independent samples (static under jit).
 
     Returns:
@@ -49,10 +58,10 @@ def pathwise(
     dist = build_and_check(function, params, dist_builder, num_samples, "pathwise")
     _require_reparameterizable(dist, "pathwise")
 
-    def one_sample(k: Array) -> PyTree:
-        return jax.grad(lambda p: function(dist_builder(p).sample(k)))(params)
+    def one_sample(noise: Array) -> PyTree:
+        return jax.grad(lambda p: function(sample_from_noise(dist_builder(p), noise)))(params)
 
-    return jax.vmap(one_sample)(sample_keys(key, num_samples))
+    return jax.vmap(one_sample)(sample_noise(dist, key, num_samples))
 
 
 def pathwise_surrogate(
@@ -78,5 +87,5 @@ def pathwise_surrogate(
     """
     dist = build_and_check(function, params, dist_builder, num_samples, "pathwise_surrogate")
     _require_reparameterizable(dist, "pathwise_surrogate")
-    xs = draw(dist_builder, params, sample_keys(key, num_samples))
+    xs = draw(dist_builder, params, key, num_samples)
     return jnp.mean(jax.vmap(function)(xs))

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw, sample_keys
+from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
 
 Baseline = Array | float | Callable[[Array], Array] | PyTree | None
 
@@ -125,7 +125,7 @@ def optimal_baseline(
       gets baseline 0.
     """
     build_and_check(function, params, dist_builder, num_samples, "optimal_baseline")
-    xs = jax.lax.stop_gradient(draw(dist_builder, params, sample_keys(key, num_samples)))
+    xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
     costs = jax.vmap(function)(xs)
     scores = jax.vmap(jax.grad(lambda p, x: dist_builder(p).log_prob(x)), in_axes=(None, 0))(
         params, xs
@@ -195,7 +195,7 @@ def score_function(
       function: cost ``f(x) -> []`` for one sample ``x: [*event_shape]``; never differentiated.
       params: any pytree of float arrays, the distribution's parameters :math:`\theta`.
       dist_builder: ``params -> Distribution`` (discrete distributions included).
-      key: PRNG key; sample ``i`` is drawn from ``jax.random.split(key, num_samples)[i]``.
+      key: PRNG key; the samples are ``estimators.draw_samples(dist, key, num_samples)``.
       num_samples: number of samples (static under jit).
       baseline: ``None``; a scalar or ``[num_samples]`` array that must not depend on the
         samples it is paired with (e.g. :func:`moving_average_baseline`); a function
@@ -209,7 +209,7 @@ def score_function(
       A pytree like ``params``; each leaf ``[num_samples, *leaf.shape]``.
     """
     build_and_check(function, params, dist_builder, num_samples, "score_function")
-    xs = jax.lax.stop_gradient(draw(dist_builder, params, sample_keys(key, num_samples)))
+    xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
     costs = jax.vmap(function)(xs)
     if _is_per_parameter(baseline, params, num_samples):
         per_param = _per_parameter_baselines(baseline, params, "score_function")
@@ -263,7 +263,7 @@ def score_function_surrogate(
             "supported by the surrogate objective; use score_function, or a scalar/[num_samples] "
             "baseline"
         )
-    xs = jax.lax.stop_gradient(draw(dist_builder, params, sample_keys(key, num_samples)))
+    xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
     costs = jax.vmap(function)(xs)
     weights = jax.lax.stop_gradient(costs - _baselines(baseline, costs, "score_function_surrogate"))
     log_probs = jax.vmap(dist_builder(params).log_prob)(xs)

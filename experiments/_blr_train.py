@@ -93,8 +93,8 @@ def jacobians(
     if variant == "score_function_moving_average":
         baseline = estimators.moving_average_baseline(moving_average)
         jac = estimators.score_function(*args, num_samples=num_samples, baseline=baseline)
-        keys = estimators.sample_keys(key, num_samples)
-        ws = jax.vmap(lr.posterior(jax.lax.stop_gradient(params)).sample)(keys)
+        q = lr.posterior(jax.lax.stop_gradient(params))
+        ws = estimators.draw_samples(q, key, num_samples)  # the samples of score_function
         return jac, jax.vmap(cost)(ws)
     if variant == "pathwise":
         return estimators.pathwise(*args, num_samples=num_samples), None

@@ -128,8 +128,8 @@ def log_weight(model: VAE, x: Array, params: dict[str, Array], z: Array) -> Arra
 
 
 def _draw(q: estimators.Normal, key: Array, n: int) -> Array:
-    """``[n, L]`` samples, sample ``i`` from ``split(key, n)[i]`` (as the estimators draw)."""
-    return jax.vmap(q.sample)(jax.random.split(key, n))
+    """``[n, L]`` samples, the ones the estimators draw with this key."""
+    return estimators.draw_samples(q, key, n)
 
 
 def elbo(model: VAE, x: Array, key: Array) -> Array:

@@ -178,11 +178,11 @@ def test_every_variant_unbiased_at_fixed_posterior(fixed_point_jacobians):
 
 
 def test_bias_would_be_detected(fixed_point_jacobians):
-    """The same check rejects the pathwise estimate scaled by 1.02: the test can fail."""
+    """The same check rejects the pathwise estimate scaled by 1.05: the test can fail."""
     jac, ref = fixed_point_jacobians
     ref_mean, ref_se, _ = _mean_se(ref)
     mean, se, _ = _mean_se(jac["pathwise"])
-    err = np.abs(1.02 * mean - ref_mean) / np.sqrt((1.02 * se) ** 2 + ref_se**2)
+    err = np.abs(1.05 * mean - ref_mean) / np.sqrt((1.05 * se) ** 2 + ref_se**2)
     assert err.max() > z_bonferroni(len(_blr_train.VARIANTS) * 62)
 
 

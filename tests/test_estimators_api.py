@@ -96,9 +96,8 @@ def _surrogate_vs_estimator(estimator, cost, params, build, key, n, per_sample):
 def test_surrogate_gradient_is_the_estimator(estimator):
     """grad(surrogate) with N samples == mean of the N per-sample estimates (same key); and
     per sample (Normal case): grad of a num_samples=1 surrogate == the num_samples=1 estimator,
-    vmapped over keys. (Sample i of an N-sample call is drawn from split(key, N)[i]; a one-sample
-    call with key k draws from split(k, 1)[0], so per sample the comparison is made between
-    one-sample calls.)"""
+    vmapped over keys. (An N-sample call draws its Normal samples as one [N, D] batch, so per
+    sample the comparison is made between one-sample calls.)"""
 
     @jax.jit
     def run(key):
@@ -118,9 +117,13 @@ def test_surrogate_gradient_is_the_estimator(estimator):
 
 
 def test_surrogate_value_is_the_monte_carlo_mean():
-    """Both surrogates' values are (1/N) sum f(x_i) over the estimators' samples."""
+    """Both surrogates' values are (1/N) sum f(x_i) over the estimators' samples, which for a
+    Normal are documented as loc + scale * jax.random.normal(key, (N, D))."""
     key, n = jax.random.key(8), 64
-    xs = jax.vmap(lambda k: build_normal(PARAMS).sample(k))(estimators.sample_keys(key, n))
+    d = build_normal(PARAMS)
+    eps = jax.random.normal(key, (n, *d.event_shape))
+    xs = d.loc[None] + d.scale[None] * eps
+    np.testing.assert_array_equal(xs, estimators.draw_samples(d, key, n))
     expected = float(jnp.mean(jax.vmap(cos_cost)(xs)))
     for sur in SURROGATES.values():
         value = sur(cos_cost, PARAMS, build_normal, key, num_samples=n)
