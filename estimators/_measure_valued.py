@@ -30,9 +30,8 @@ from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw_s
 from ._distributions import Distribution, Normal
 
 # The ordinary samples are estimators.draw_samples(dist, key, N), the samples of `pathwise` and
-# `score_function` with the same key; sample i's auxiliary draws come from
-# fold_in(aux_keys[i], tag), aux_keys = split(fold_in(key, _TAG_AUXILIARY), N).
-_TAG_WEIBULL_POS, _TAG_WEIBULL_NEG, _TAG_MAXWELL, _TAG_NEG_SCALE = 1, 2, 3, 4
+# `score_function` with the same key; sample i's auxiliary draws come from aux_keys[i],
+# aux_keys = split(fold_in(key, _TAG_AUXILIARY), N).
 _TAG_AUXILIARY = 0x4D56
 # (x: [D], values: [P, D]) -> [P, D], out[p, d] = f(x with coordinate d set to values[p, d]).
 CoordinateCostFn = Callable[[Array, Array], Array]
@@ -64,21 +63,21 @@ def check_measure_valued_dist(dist: Distribution, coupling: object, who: str) ->
 def _parts(key: Array, loc: Array, scale: Array, coupling: bool) -> Array:
     """``[4, D]`` replacement values of one sample: mean +, mean -, scale +, scale -.
 
-    ``loc, scale: [D]`` (flat).
+    ``loc, scale: [D]`` (flat). Two draws per sample, transformed exactly: Weibull(sqrt 2, 2)
+    by its inverse CDF ``sqrt(-2 log(1 - u))``; the double-sided Maxwell as a random sign times
+    the norm of three standard normals (a chi variable with 3 degrees of freedom).
     """
-    shape, dtype = loc.shape, loc.dtype
-    k = lambda tag: jax.random.fold_in(key, tag)  # noqa: E731
-    w_pos = jax.random.weibull_min(k(_TAG_WEIBULL_POS), math.sqrt(2.0), 2.0, shape, dtype)
-    w_neg = (
-        w_pos
-        if coupling
-        else jax.random.weibull_min(k(_TAG_WEIBULL_NEG), math.sqrt(2.0), 2.0, shape, dtype)
-    )
-    maxwell = jax.random.double_sided_maxwell(k(_TAG_MAXWELL), 0.0, 1.0, shape, dtype)
-    if coupling:
-        eps = maxwell * jax.random.uniform(k(_TAG_NEG_SCALE), shape, dtype)
-    else:
-        eps = jax.random.normal(k(_TAG_NEG_SCALE), shape, dtype)
+    dim, dtype = loc.shape[0], loc.dtype
+    k_uniform, k_normal = jax.random.split(key)
+    u = jax.random.uniform(k_uniform, (4, dim), dtype)
+    z = jax.random.normal(k_normal, (4, dim), dtype)
+    weibull = jnp.sqrt(-2.0 * jnp.log1p(-u[:2]))  # [2, D]
+    w_pos = weibull[0]
+    w_neg = w_pos if coupling else weibull[1]
+    sign = jnp.where(u[2] < 0.5, -1.0, 1.0).astype(dtype)
+    maxwell = sign * jnp.sqrt(jnp.sum(jnp.square(z[:3]), axis=0))
+    # Coupled: M U with U ~ U(0, 1) independent of M is exactly N(0, 1).
+    eps = maxwell * u[3] if coupling else z[3]
     return jnp.stack(
         [loc + scale * w_pos, loc - scale * w_neg, loc + scale * maxwell, loc + scale * eps]
     )

@@ -227,3 +227,36 @@ def test_mv_coordinate_costs_hook_equals_plain_cost():
             num_samples=2,
             coordinate_costs=lambda x, v: v[0],
         )
+
+
+@pytest.mark.parametrize("coupling", [True, False])
+def test_mv_auxiliary_draws_have_the_right_laws(coupling):
+    """The weak-derivative parts follow their laws (Kolmogorov-Smirnov against scipy, fixed key):
+    Weibull(sqrt 2, 2) for the mean's parts, double-sided Maxwell and N(0, 1) for the scale's;
+    coupled, the mean's parts share W and the Gaussian part is M U."""
+    from estimators._measure_valued import _parts
+
+    n = 20_000
+    keys = jax.random.split(jax.random.key(11), n)
+    parts = np.asarray(
+        jax.vmap(lambda k: _parts(k, jnp.zeros(1), jnp.ones(1), coupling))(keys)[:, :, 0],
+        np.float64,
+    )
+    w_pos, w_neg, maxwell, eps = parts[:, 0], -parts[:, 1], parts[:, 2], parts[:, 3]
+    laws = [
+        (w_pos, stats.weibull_min(2.0, scale=math.sqrt(2.0)).cdf),
+        (w_neg, stats.weibull_min(2.0, scale=math.sqrt(2.0)).cdf),
+        (np.abs(maxwell), stats.maxwell.cdf),
+        (eps, stats.norm.cdf),
+    ]
+    alpha = 1e-4 / (len(laws) + 2)  # Bonferroni over every check of this test
+    for draws, cdf in laws:
+        assert stats.kstest(draws, cdf).pvalue > alpha
+    assert stats.binomtest(int(np.sum(maxwell > 0)), n).pvalue > alpha  # symmetric sign
+    if coupling:
+        np.testing.assert_array_equal(w_pos, w_neg)
+        ratio = eps / maxwell  # = U ~ U(0, 1)
+        assert np.all((ratio >= 0) & (ratio <= 1))
+        assert stats.kstest(ratio, stats.uniform.cdf).pvalue > alpha
+    else:
+        assert abs(stats.pearsonr(w_pos, w_neg)[0]) < 5 / math.sqrt(n)
