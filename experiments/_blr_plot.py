@@ -36,10 +36,40 @@ def _plt():
     return plt
 
 
+def _finite_seeds(per_seed: np.ndarray) -> np.ndarray:
+    """The seeds (rows) whose whole curve is finite: diverged seeds are left out of the curves."""
+    return per_seed[np.isfinite(per_seed).all(axis=tuple(range(1, per_seed.ndim)))]
+
+
+def _ok(arrays: dict, variant: str) -> np.ndarray:
+    """``[S]`` mask of the seeds that did not diverge (their ELBO curve is finite); a diverged
+    seed's accuracy stays finite (NaN weights classify as one class), so test the ELBO."""
+    elbo = arrays[f"{variant}/elbo"]
+    return np.isfinite(elbo).all(axis=tuple(range(1, elbo.ndim)))
+
+
+def _diverged_note(config: ml_collections.ConfigDict, arrays: dict, variants) -> str:
+    """``"; diverged (left out): score function seeds 1, 3"`` or ``""``."""
+    parts = []
+    for variant in variants:
+        elbo = arrays[f"{variant}/elbo"]
+        bad = [s for s in range(elbo.shape[0]) if not np.isfinite(elbo[s]).all()]
+        if bad:
+            parts.append(f"{LABELS[variant]} seed(s) {', '.join(map(str, bad))}")
+    return f"\ndiverged, left out: {'; '.join(parts)}" if parts else ""
+
+
 def _band(
     ax, x, per_seed: np.ndarray, color: str, label: str | None, log: bool = False, ls: str = "-"
 ):
-    """Mean over seeds (axis 0; geometric if ``log``) as a line, min-max over seeds as a band."""
+    """Mean over seeds (axis 0; geometric if ``log``) as a line, min-max over seeds as a band.
+
+    Seeds that diverged (a non-finite value anywhere) are left out; nothing is drawn if none
+    is left.
+    """
+    per_seed = _finite_seeds(per_seed)
+    if per_seed.shape[0] == 0:
+        return
     mean = np.exp(np.log(per_seed).mean(axis=0)) if log else per_seed.mean(axis=0)
     ax.plot(x, mean, color=color, label=label, lw=1.2, ls=ls)
     if per_seed.shape[0] > 1:
@@ -52,7 +82,7 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     steps = arrays["steps"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, variant in zip(axes, ("score_function", "pathwise"), strict=True):
-        var = arrays[f"{variant}/var_log_scale"]  # [S, E, D]
+        var = arrays[f"{variant}/var_log_scale"][_ok(arrays, variant)]  # [S, E, D]
         per_feature = np.exp(np.log(var).mean(axis=0))  # geometric mean over seeds, [E, D]
         colors = plt.cm.viridis(np.linspace(0, 1, var.shape[-1]))
         for d in range(var.shape[-1]):
@@ -66,7 +96,7 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     axes[0].legend(loc="upper right", fontsize=8)
     fig.suptitle(
         f"Bayesian logistic regression, {var.shape[-1]} features (colour = feature index); "
-        f"{var.shape[0]} seeds",
+        f"{var.shape[0]} seeds" + _diverged_note(config, arrays, ("score_function", "pathwise")),
         fontsize=10,
     )
     fig.tight_layout()
@@ -89,23 +119,26 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     lows = []
     for ax, (name, title, log) in zip(axes.flat, panels, strict=True):
         for variant in config.variants:
-            per_seed = arrays[f"{variant}/{name}"]
+            per_seed = arrays[f"{variant}/{name}"][_ok(arrays, variant)]
             if per_seed.ndim == 3:
                 per_seed = per_seed.mean(axis=-1)
             style = STYLES.get(variant, "-")
             _band(ax, steps, per_seed, COLORS[variant], LABELS[variant], log=log, ls=style)
-            if name == "elbo":
-                lows.append(np.percentile(per_seed.mean(axis=0), 5))
+            if name == "elbo" and len(_finite_seeds(per_seed)):
+                lows.append(np.percentile(_finite_seeds(per_seed).mean(axis=0), 5))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         if log:
             ax.set_yscale("log")
     # The first few hundred steps of ELBO are far below the rest; show the interesting part.
-    top = max(arrays[f"{v}/elbo"].max() for v in config.variants)
-    low = min(lows)
-    axes[0, 0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
-    axes[0, 1].legend(loc="lower right", fontsize=8)
+    if lows:  # some seed of some variant did not diverge
+        ok = [arrays[f"{v}/elbo"][_ok(arrays, v)] for v in config.variants]
+        top = max(a.max() for a in ok if a.size)
+        low = min(lows)
+        axes[0, 0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
+    if axes[0, 1].get_legend_handles_labels()[0]:
+        axes[0, 1].legend(loc="lower right", fontsize=8)
     n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
     mvd = (
         f" (measure-valued: {config.measure_valued_variance_samples})"
@@ -116,7 +149,8 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
         f"Bayesian logistic regression: N = {config.num_samples} samples, batch "
         f"{config.batch_size}, {n_seeds} seeds (line = mean, band = range over seeds)\n"
         f"evaluated every {config.eval_every} steps on the full data: ELBO and accuracy from "
-        f"{config.eval_samples} samples, variances from {config.variance_samples}{mvd}",
+        f"{config.eval_samples} samples, variances from {config.variance_samples}{mvd}"
+        + _diverged_note(config, arrays, config.variants),
         fontsize=10,
     )
     fig.tight_layout()

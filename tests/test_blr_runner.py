@@ -126,7 +126,10 @@ def test_divergence_is_a_clear_error_and_leaves_earlier_results(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "keep.txt").write_text("earlier results")
-    config = tiny_config("fig8", ["variants=('pathwise',)", "figures=()", "learning_rate=1e30"])
+    config = tiny_config(
+        "fig8",
+        ["variants=('pathwise',)", "figures=()", "learning_rate=1e30", "allow_divergence=False"],
+    )
     with pytest.raises(ValueError, match="NaN or inf"):
         experiments.run_experiment(config, workdir, overwrite=True)
     assert (workdir / "keep.txt").read_text() == "earlier results"
@@ -141,3 +144,17 @@ def test_corrupt_results_clear_error(tmp_path):
     (workdir / "results.npz").write_bytes(b"not a zip file")
     with pytest.raises(experiments.WorkdirError, match="corrupt"):
         experiments.redraw(workdir)
+
+
+def test_allowed_divergence_is_recorded_and_drawn(tmp_path):
+    """With allow_divergence (fig9's default), diverged seeds are NaN, named, and the figure is
+    still drawn from the seeds that remain."""
+    config = tiny_config("fig9", ["variants=('pathwise',)", "learning_rate=1e30"])
+    assert config.allow_divergence
+    workdir = tmp_path / "run"
+    experiments.run_experiment(config, workdir)
+    _, arrays = blr.load_results(workdir)
+    assert not np.isfinite(arrays["pathwise/elbo"]).any()
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert "[0, 1]" in json.dumps(summary)  # both seeds named as diverged
+    assert (workdir / "fig9.png").stat().st_size > 0

@@ -28,7 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.measure_valued_variance_samples = 100
     config.moving_average_decay = 0.99
     config.cv_coefficient = 1.0  # delta-method control variate coefficient
-    config.allow_divergence = False  # NaN or inf in training is an error
+    # At the paper's learning rate the score-function variants can diverge in the first steps
+    # for some seeds (gradients of ~1e3 at initialisation); such seeds are recorded as NaN,
+    # left out of the curves and named on the figure. False makes a divergence an error.
+    config.allow_divergence = True
     config.sweep = ""
     config.sweep_values = ()
     return config
