@@ -8,7 +8,8 @@ size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: Python + JAX runtime + the 
 Ours also reports XLA's compiled temporaries + output (``memory_analysis()``).
 
 optax 0.2.6 is run with a separate interpreter (``--baseline-python``, default
-/work/venv-optax026/bin/python; skipped with a message if absent). It materialises
+``.venv-optax026/bin/python``, made by ``benchmarks/setup_optax026.sh``; skipped with a message
+if absent). It materialises
 ``num_samples x D x D`` tensors, so its sample count is cut to fit ``--baseline-max-gb``
 (estimate: 4 such float32 tensors) and a case is skipped if even one sample does not fit; a case
 that exceeds ``--timeout`` seconds is reported as not finished.
@@ -28,7 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BASELINE = "/work/venv-optax026/bin/python"
+from _optax026 import DEFAULT_BASELINE  # noqa: E402
+
 # Samples per call: the work is 4 * N * D^2 evaluations of cos, so N shrinks with D.
 DEFAULT_SAMPLES = {10: 1000, 1000: 100, 10000: 10}
 

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BASELINE = "/work/venv-optax026/bin/python"
+from _optax026 import DEFAULT_BASELINE  # noqa: E402
+
 ESTIMATORS = ("score_function", "pathwise", "measure_valued_coupled")
 
 

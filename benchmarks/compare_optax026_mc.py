@@ -9,7 +9,7 @@ the mean of the per-call means and its standard error over the calls (calls are 
 where optax's per-sample jacobians are not) give z = (ours - optax) / sqrt(se_ours^2 + se_optax^2)
 per gradient coordinate. Also printed: the exact gradient (closed form) for reference.
 
-    python benchmarks/compare_optax026_mc.py [--baseline-python /work/venv-optax026/bin/python]
+    python benchmarks/compare_optax026_mc.py [--baseline-python .venv-optax026/bin/python]
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BASELINE = "/work/venv-optax026/bin/python"
+from _optax026 import DEFAULT_BASELINE  # noqa: E402
+
 CASES = [
     "mv_coupled",
     "mv_uncoupled",
