@@ -40,16 +40,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.polynomial import legendre
 
-from ._variance_costs import TERMS, term, term_derivative
+from ._variance_costs import ESTIMATORS, PARAMETERS, TERMS, term, term_derivative
 
-ESTIMATORS = (
-    "score_function",
-    "score_function_optimal_baseline",
-    "pathwise",
-    "measure_valued_coupled",
-    "measure_valued_uncoupled",
-)
-PARAMETERS = ("loc", "scale")
 # Densities are integrated over [-CUTOFF, CUTOFF] (or [0, CUTOFF]) in standard units: the
 # Gaussian, Maxwell and Weibull densities are below 1e-40 beyond it.
 CUTOFF = 14.0

@@ -19,16 +19,8 @@ import numpy as np
 
 import estimators
 
-from ._variance_costs import separable_cost
+from ._variance_costs import ESTIMATORS, PARAMETERS, separable_cost
 
-ESTIMATORS = (
-    "score_function",
-    "score_function_optimal_baseline",
-    "pathwise",
-    "measure_valued_coupled",
-    "measure_valued_uncoupled",
-)
-PARAMETERS = ("loc", "scale")
 # One vectorised step handles about this many scalar per-sample estimates: small enough to stay
 # in cache (2**21 ran 2-4x slower on a 2-core CPU), large enough to amortise the loop.
 STEP_ELEMENTS = 2**18
