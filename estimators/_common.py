@@ -92,8 +92,9 @@ def sample_from_noise(dist: Distribution, noise: Array) -> Array:
 
     Differentiable with respect to the distribution's parameters when it is reparameterisable.
     """
-    if hasattr(dist, "standard_noise"):
-        return dist.from_noise(noise)
+    from_noise = getattr(dist, "from_noise", None)
+    if from_noise is not None:
+        return from_noise(noise)
     return dist.sample(noise)
 
 

@@ -179,8 +179,9 @@ def _correction(
 ) -> PyTree:
     r""":math:`\nabla_\theta E_{p_\theta}[h_{\theta_0}]`, leaves ``[num_samples, *leaf.shape]``."""
     cv = control_variate
-    if cv.expectation_under is not None:
-        exact = jax.grad(lambda p: cv.expectation_under(point, dist_builder(p)))(params)
+    expectation_under = cv.expectation_under
+    if expectation_under is not None:
+        exact = jax.grad(lambda p: expectation_under(point, dist_builder(p)))(params)
         return jax.tree.map(lambda g: jnp.broadcast_to(g, (num_samples, *g.shape)), exact)
     # Total derivative of E_theta[h_theta] minus the expansion point's share, estimated on the
     # estimator's own samples: unbiased.

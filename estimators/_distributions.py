@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ Array = jax.Array
 Shape = Sequence[int]
 
 
+@dataclass_transform(frozen_default=True)
 def _pytree_dataclass(cls):
     """Frozen dataclass whose fields are pytree leaves (so it passes through jit and vmap).
 
@@ -98,6 +99,16 @@ class Distribution:
     def log_prob(self, x: Array) -> Array:
         """Log density or mass of ``x: [*sample_shape, *event_shape]``; ``[*sample_shape]``."""
         raise NotImplementedError
+
+    @property
+    def mean(self) -> Array:
+        """``[*event_shape]`` mean, where it exists in closed form."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form mean here")
+
+    @property
+    def variance(self) -> Array:
+        """``[*event_shape]`` per-coordinate variance, where it exists in closed form."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form variance here")
 
     def _sum_event(self, per_coordinate: Array, event_ndim: int | None = None) -> Array:
         n = len(self.event_shape) if event_ndim is None else event_ndim

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -170,14 +171,17 @@ def measure_valued(
       A pytree like ``params``; each leaf ``[num_samples, *leaf.shape]``. Costs ``4 D``
       evaluations of ``f`` per sample (two per coordinate for the mean, two for the scale).
     """
-    dist = build_and_check(function, params, dist_builder, num_samples, "measure_valued")
-    check_measure_valued_dist(dist, coupling, "measure_valued")
+    dist = check_measure_valued_dist(
+        build_and_check(function, params, dist_builder, num_samples, "measure_valued"),
+        coupling,
+        "measure_valued",
+    )
     jac_loc, jac_scale = _loc_scale_jacobians(
         function, dist, key, num_samples, coupling, batch_size, samples_per_step, coordinate_costs
     )
 
     def loc_scale(p: PyTree) -> tuple[Array, Array]:
-        d = dist_builder(p)
+        d = cast(Normal, dist_builder(p))
         return d.loc, d.scale
 
     _, pullback = jax.vjp(loc_scale, params)

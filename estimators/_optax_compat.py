@@ -23,6 +23,11 @@ from ._pathwise import pathwise
 from ._score_function import score_function
 
 
+def _like(params: Sequence[Array], jac: Sequence[Array]) -> Sequence[Array]:
+    """``jac`` as a list if ``params`` is one, else as a tuple (optax returns params' type)."""
+    return list(jac) if isinstance(params, list) else tuple(jac)
+
+
 def _positional(dist_builder: Callable[..., Distribution]) -> Callable[[tuple], Distribution]:
     return lambda p: dist_builder(*p)
 
@@ -42,7 +47,7 @@ def score_function_jacobians(
     jac = score_function(
         function, tuple(params), _positional(dist_builder), rng, num_samples=num_samples
     )
-    return type(params)(jac)
+    return _like(params, jac)
 
 
 def pathwise_jacobians(
@@ -58,7 +63,7 @@ def pathwise_jacobians(
       A sequence like ``params``; element ``j`` is ``[num_samples, *params[j].shape]``.
     """
     jac = pathwise(function, tuple(params), _positional(dist_builder), rng, num_samples=num_samples)
-    return type(params)(jac)
+    return _like(params, jac)
 
 
 def measure_valued_jacobians(
@@ -173,7 +178,7 @@ def moving_avg_baseline(
     def update_state(params: Sequence[Array], samples: Array, state: Any = None) -> Any:
         del params
         avg, step = (jnp.zeros(()), 0) if state is None else state
-        d = decay
+        d: Array | float = decay
         if use_decay_early_training_heuristic:
             d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
         new = d * avg + (1 - d) * jnp.mean(jax.vmap(function)(samples))
@@ -246,7 +251,9 @@ def control_variates_jacobians(
             lambda x: cv_value(params, x, control_variate_state), params, dist_builder, coef_rng, n
         )
         f_jac = grad_estimator(function, params, dist_builder, coef_rng, n)
-        coefs = [_cv_coefficient(f, c) for f, c in zip(f_jac, cv_jac, strict=True)]
+        coefs: list[Array | float] = [
+            _cv_coefficient(f, c) for f, c in zip(f_jac, cv_jac, strict=True)
+        ]
     else:
         coefs = [1.0] * len(params)
 

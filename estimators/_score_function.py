@@ -48,7 +48,7 @@ class MovingAverage(NamedTuple):
 
     value: Array
     step: Array
-    total_weight: Array = 1.0
+    total_weight: Array | float = 1.0
 
 
 def moving_average_init() -> MovingAverage:
@@ -144,7 +144,8 @@ def _is_per_parameter(baseline: Baseline, params: PyTree, num_samples: int) -> b
     """Whether ``baseline`` is a pytree of per-parameter baselines shaped like ``params``."""
     if baseline is None or callable(baseline):
         return False
-    if jax.tree.structure(baseline) != jax.tree.structure(params):
+    # (jax's stubs give PyTreeDef no __ne__; the comparison is the documented way.)
+    if jax.tree.structure(baseline) != jax.tree.structure(params):  # type: ignore[operator]
         return False
     if jax.tree_util.treedef_is_leaf(jax.tree.structure(params)):
         # A bare array: () and [num_samples] keep their per-sample meaning.
