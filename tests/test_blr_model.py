@@ -1,7 +1,7 @@
 """Bayesian logistic regression: the model and every variant's gradient, against mathematics.
 
 Fixed keys; tolerances from standard errors, Bonferroni-corrected over the checks of a test
-(two-sided family-wise level ``ALPHA``).
+(two-sided family-wise level ``tests._closed_forms.ALPHA`` = 1e-4).
 """
 
 from __future__ import annotations
@@ -12,19 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 import estimators
 from experiments import _blr_train
 from experiments._blr_data import breast_cancer
 from models import logistic_regression as lr
-
-ALPHA = 1e-4
-
-
-def z_bonferroni(num_checks: int) -> float:
-    """Two-sided z for family-wise level ALPHA over ``num_checks`` checks."""
-    return float(stats.norm.isf(ALPHA / (2 * num_checks)))
+from tests._closed_forms import bonferroni_z as z_bonferroni
 
 
 @pytest.fixture(scope="module")

@@ -19,30 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 import estimators
+from tests._closed_forms import bonferroni_z, mean_se, variance_se
 
-ALPHA = 1e-4
 DIM = 3
-
-
-def bonferroni_z(num_checks: int) -> float:
-    return float(stats.norm.isf(ALPHA / (2 * num_checks)))
-
-
-def mean_se(s) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(s, np.float64)
-    return s.mean(0), s.std(0, ddof=1) / math.sqrt(s.shape[0])
-
-
-def variance_se(s) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(s, np.float64)
-    n = s.shape[0]
-    d = s - s.mean(0)
-    var = np.sum(d**2, 0) / (n - 1)
-    m4 = np.mean(d**4, 0)
-    return var, np.sqrt(np.maximum(m4 - var**2 * (n - 3) / (n - 1), 0.0) / n)
 
 
 # ------------------------------------------------------------------------------------------

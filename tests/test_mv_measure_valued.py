@@ -22,27 +22,7 @@ import pytest
 from scipy import stats
 
 import estimators
-
-ALPHA = 1e-4
-
-
-def bonferroni_z(num_checks: int) -> float:
-    return float(stats.norm.isf(ALPHA / (2 * num_checks)))
-
-
-def mean_se(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(s, np.float64)
-    return s.mean(0), s.std(0, ddof=1) / math.sqrt(s.shape[0])
-
-
-def variance_se(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unbiased variance along axis 0 and its SE from the fourth central moment."""
-    s = np.asarray(s, np.float64)
-    n = s.shape[0]
-    d = s - s.mean(0)
-    var = np.sum(d**2, 0) / (n - 1)
-    m4 = np.mean(d**4, 0)
-    return var, np.sqrt(np.maximum(m4 - var**2 * (n - 3) / (n - 1), 0.0) / n)
+from tests._closed_forms import bonferroni_z, mean_se, variance_se
 
 
 def loc_scale_builder(p):

@@ -10,17 +10,14 @@ with the current samples before use, which makes the first step's expected estim
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 import estimators
+from tests._closed_forms import bonferroni_z, mean_se
 
-ALPHA = 1e-4
 K = jnp.asarray([[0.8, -0.5], [1.1, 0.3]], jnp.float32)
 A = jnp.asarray([[0.3, 0.7], [0.5, 0.2]], jnp.float32)
 # Matrix-shaped parameters: optax 0.2.6 handled vectors only.
@@ -28,15 +25,6 @@ PARAMS = [
     jnp.asarray([[0.4, -0.7], [1.0, 0.2]], jnp.float32),
     jnp.asarray([[-0.3, 0.1], [-0.6, 0.0]], jnp.float32),
 ]
-
-
-def bonferroni_z(num_checks: int) -> float:
-    return float(stats.norm.isf(ALPHA / (2 * num_checks)))
-
-
-def mean_se(s) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(s, np.float64)
-    return s.mean(0), s.std(0, ddof=1) / math.sqrt(s.shape[0])
 
 
 def cost(x):
