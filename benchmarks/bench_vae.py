@@ -8,7 +8,11 @@ Measures, in the same run:
   * the VAE: examples/s of a jitted, scanned slice of an epoch (``--steps`` Adam steps with
     dynamic binarisation, pathwise estimator, 784-400-20/20-400-784 ReLU), median of repeats;
   * the model's FLOPs per example: 2 x (multiply-adds of every dense layer) forward, times 3
-    for forward + backward; the ratio achieved / roofline (target >= 0.7).
+    for forward + backward; the ratio achieved / roofline (target >= 0.7);
+  * with ``--breakdown``, where the step's time goes, each piece as its own scanned program of
+    the same length: the dense layers alone (forward, backward to the weights, an SGD update:
+    the ceiling for this model's shapes at this batch size), the Adam update of the model's
+    parameters alone, and the dynamic binarisation of a batch alone (ms per step).
 With ``--workdir`` of a finished ``vae_mnist`` run it also prints the log-likelihood target
 (better than -92 nats within 30 minutes of training).
 """
@@ -28,6 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+
+DENSE = "dense layers only (fwd + bwd + SGD)"
 
 
 def _seconds(fn) -> float:
@@ -76,6 +83,64 @@ def make_training(batch_size: int, steps: int, estimator: str):
     return call
 
 
+def make_breakdown(batch_size: int, steps: int) -> dict[str, object]:
+    """Compiled, warmed-up calls of ``steps`` scanned steps of each piece of a training step."""
+    import optax
+
+    from experiments import _vae_train
+    from experiments._vae_config import base_config
+
+    _, state = _vae_train.init_state(base_config(), 784, jax.random.key(0))
+    params = state["params"]
+    kernels = [
+        params[part]["layers"][i]["kernel"][...] for part in ("encoder", "decoder") for i in (0, 1)
+    ]
+    x = _data(batch_size)
+
+    def dense_loss(ws, x):  # the VAE's four matmuls, ReLU between, mean of the code as latent
+        h = jax.nn.relu(x @ ws[0])
+        z = (h @ ws[1])[:, :20]
+        logits = jax.nn.relu(z @ ws[2]) @ ws[3]
+        return jnp.sum(x * logits - jax.nn.softplus(logits))
+
+    @jax.jit
+    def dense_only(ws, x):
+        def body(ws, _):
+            g = jax.grad(dense_loss)(ws, x)
+            return [w - 1e-6 * gw for w, gw in zip(ws, g, strict=True)], None
+
+        return jax.lax.scan(body, ws, None, length=steps)[0]
+
+    adam = optax.adam(1e-3)
+    grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+
+    @jax.jit
+    def adam_only(params):
+        def body(carry, _):
+            p, opt = carry
+            updates, opt = adam.update(grads, opt, p)
+            return (optax.apply_updates(p, updates), opt), None
+
+        return jax.lax.scan(body, (params, adam.init(params)), None, length=steps)[0][0]
+
+    @jax.jit
+    def binarise_only(key, x):
+        def body(total, k):
+            return total + jnp.sum(jax.random.bernoulli(k, x).astype(x.dtype)), None
+
+        return jax.lax.scan(body, 0.0, jax.random.split(key, steps))[0]
+
+    key = jax.random.key(3)
+    calls = {
+        DENSE: lambda: jax.block_until_ready(dense_only(kernels, x)),
+        "Adam update only": lambda: jax.block_until_ready(adam_only(params)),
+        "dynamic binarisation only": lambda: binarise_only(key, x).block_until_ready(),
+    }
+    for call in calls.values():
+        call()
+    return calls
+
+
 def model_flops_per_example(sizes_enc: list[int], sizes_dec: list[int]) -> tuple[float, float]:
     """(forward, training) flops per example: 2 x multiply-adds, training = 3 x forward."""
     macs = sum(a * b for a, b in zip(sizes_enc[:-1], sizes_enc[1:], strict=True))
@@ -112,22 +177,34 @@ def main() -> None:
     p.add_argument("--matmul-n", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument("--estimator", default="pathwise")
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--breakdown", action="store_true", help="time the pieces of a step too")
     args = p.parse_args()
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, load {os.getloadavg()}")
     fwd, train_flops = model_flops_per_example([784, 400, 40], [20, 400, 784])
     matmuls = make_matmuls(args.matmul_n)
     training = make_training(args.batch_size, args.steps, args.estimator)
+    pieces = make_breakdown(args.batch_size, args.steps) if args.breakdown else {}
     # Interleaved: each repeat times every matmul size and the training slice back to back, so
     # both sides of each ratio see the same load on a shared machine.
     gflops = {n: [] for n in matmuls}
-    model_gflops, ratios = [], []
+    model_gflops, ratios, step_ms = [], [], []
+    piece_ms: dict[str, list[float]] = {name: [] for name in pieces}
+    dense_ratios = []
     for _ in range(args.repeats):
         for n, fn in matmuls.items():
             gflops[n].append(2 * n**3 / _seconds(fn) / 1e9)
-        ex_s = args.steps * args.batch_size / _seconds(training)
+        roof_now = max(g[-1] for g in gflops.values())
+        seconds = _seconds(training)
+        step_ms.append(seconds / args.steps * 1e3)
+        ex_s = args.steps * args.batch_size / seconds
         model_gflops.append(ex_s * train_flops / 1e9)
-        ratios.append(model_gflops[-1] / max(g[-1] for g in gflops.values()))
+        ratios.append(model_gflops[-1] / roof_now)
+        for name, fn in pieces.items():
+            piece_ms[name].append(_seconds(fn) / args.steps * 1e3)
+        if pieces:
+            dense_s = piece_ms[DENSE][-1] / 1e3
+            dense_ratios.append(args.batch_size * train_flops / dense_s / 1e9 / roof_now)
     med = statistics.median
     for n, g in gflops.items():
         print(f"fp32 matmul {n:5d}^3: {med(g):7.1f} GFLOP/s (median of {args.repeats})")
@@ -146,6 +223,15 @@ def main() -> None:
         f"ratio achieved / roofline: {med(ratios):.2f} (median of per-repeat ratios; "
         f"min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 0.7)"
     )
+    if pieces:
+        print(f"breakdown, ms per step of batch {args.batch_size} (median of {args.repeats}):")
+        print(f"  {'whole training step':38s} {med(step_ms):6.3f}")
+        for name, ms in piece_ms.items():
+            print(f"  {name:38s} {med(ms):6.3f}")
+        print(
+            f"  the dense layers alone reach {med(dense_ratios):.2f} of the roofline "
+            "(the ceiling for these shapes at this batch size)"
+        )
     print(f"one epoch of 60 000 images: {60000 / ex_s:.2f} s; load after: {os.getloadavg()}")
     if args.workdir is not None:
         _target(args.workdir)
