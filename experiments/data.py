@@ -9,9 +9,10 @@ download never stays behind.
 
 Every MNIST file is checked against the sha256 of its *uncompressed* bytes (the values public
 MNIST loaders pin), whether it is stored gzipped or not. For Fashion-MNIST only the sha256 of
-the published ``.gz`` archives is known here (from public loaders; not checked against the
-uncompressed bytes), so Fashion-MNIST files must be the ``.gz`` archives, or checking must be
-switched off explicitly with ``verify=False``.
+the published ``.gz`` archives is known here (the values that tensorflow-datasets and other
+public loaders pin, which agree; this machine has no copy to check them against, and no
+sha256 of the uncompressed bytes is pinned anywhere we could find), so Fashion-MNIST files must
+be the ``.gz`` archives, or checking must be switched off explicitly with ``verify=False``.
 
 scikit-learn's bundled 8x8 digits need no download. Images are returned as float32 in [0, 1],
 flattened: ``[num_examples, height * width]``.
