@@ -1,7 +1,7 @@
 """Training throughput of the default VAE against this machine's fp32 matrix-multiply roofline.
 
     python benchmarks/bench_vae.py [--batch-size 128] [--steps 50] [--repeats 5]
-                                   [--workdir runs/vae_mnist]
+                                   [--breakdown] [--workdir runs/vae_mnist]
 
 Measures, in the same run:
   * the roofline: GFLOP/s of a large jitted ``jnp.dot`` (fp32, n x n), median of repeats;
@@ -9,11 +9,12 @@ Measures, in the same run:
     dynamic binarisation, pathwise estimator, 784-400-20/20-400-784 ReLU), median of repeats;
   * the model's FLOPs per example: 2 x (multiply-adds of every dense layer) forward, times 3
     for forward + backward; the ratio achieved / roofline (target >= 0.7);
-  * with ``--breakdown``, where the step's time goes, each piece as its own scanned program of
-    the same length: the dense layers alone (forward, backward to the weights, an SGD update:
-    the ceiling for this model's shapes at this batch size), the SGD update alone (to subtract
-    it), the Adam update of the model's parameters alone, and the dynamic binarisation of a
-    batch alone (ms per step).
+  * with ``--breakdown``, where the step's time goes: the same program without dynamic
+    binarisation, with SGD instead of Adam, and with neither, and the model's four matmuls
+    alone (forward and backward, an SGD update; no biases, sampling, likelihood or KL), each
+    with its ms per step and its model-FLOPs ratio to the roofline; and a baseline, the same
+    training step written directly in JAX without this project's code, with the speed of
+    ours relative to it.
 With ``--workdir`` of a finished ``vae_mnist`` run it also prints the log-likelihood target
 (better than -92 nats within 30 minutes of training).
 """
@@ -35,7 +36,8 @@ import ml_collections
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 
-DENSE = "dense layers only (fwd + bwd + SGD)"
+MATMULS = "the four matmuls alone (fwd + bwd + SGD)"
+PLAIN = "baseline: the step in plain JAX"
 
 
 def _seconds(fn) -> float:
@@ -56,20 +58,29 @@ def make_matmuls(sizes: list[int]) -> dict[int, object]:
     return out
 
 
-def make_training(batch_size: int, steps: int, estimator: str):
-    """A compiled, warmed-up call of ``steps`` scanned training steps of the default model."""
+def make_training(batch_size: int, steps: int, estimator: str, *, dynamic: bool = True, sgd=False):
+    """A compiled, warmed-up call of ``steps`` scanned training steps of the default model.
+
+    ``dynamic=False`` trains on the batch as given (no binarisation inside the step) and
+    ``sgd=True`` replaces Adam by plain SGD: the ablations of ``--breakdown``.
+    """
+    import optax
+
     from experiments import _vae_train
     from experiments._vae_config import base_config
 
     config: ml_collections.ConfigDict = base_config()
     config.estimator = estimator
     pieces, state = _vae_train.init_state(config, 784, jax.random.key(0))
+    if sgd:
+        pieces["optimizer"] = optax.sgd(config.learning_rate)
+        state["opt"] = pieces["optimizer"].init(state["params"])
     setup = _vae_train.Setup(
         estimator=estimator,
         num_samples=config.num_samples if estimator in _vae_train.MULTI_SAMPLE else 1,
         batch_size=batch_size,
         num_batches=steps,
-        dynamic=True,
+        dynamic=dynamic,
         ma_decay=config.ma_decay,
         **pieces,
     )
@@ -84,69 +95,100 @@ def make_training(batch_size: int, steps: int, estimator: str):
     return call
 
 
-def make_breakdown(batch_size: int, steps: int) -> dict[str, object]:
-    """Compiled, warmed-up calls of ``steps`` scanned steps of each piece of a training step."""
+def make_plain_step(batch_size: int, steps: int):
+    """The same training, written directly in JAX without this project's code: a baseline.
+
+    The default model as four weight/bias pairs, one ``jax.random.normal`` draw for the whole
+    batch, the Bernoulli log-likelihood via ``softplus``, the analytic KL, dynamic binarisation
+    and optax's Adam, ``steps`` steps in one ``lax.scan`` over consecutive batches.
+    """
     import optax
 
+    keys = jax.random.split(jax.random.key(0), 4)
+    shapes = {"e0": (784, 400), "e1": (400, 40), "d0": (20, 400), "d1": (400, 784)}
+    params = {
+        name: {"w": jax.random.normal(k, shape) / shape[0] ** 0.5, "b": jnp.zeros(shape[1])}
+        for k, (name, shape) in zip(keys, shapes.items(), strict=True)
+    }
+    adam = optax.adam(1e-3)
+    train = _data(steps * batch_size)
+
+    def loss(p, x, key):
+        h = jax.nn.relu(x @ p["e0"]["w"] + p["e0"]["b"])
+        out = h @ p["e1"]["w"] + p["e1"]["b"]
+        loc, log_scale = out[:, :20], out[:, 20:]
+        z = loc + jnp.exp(log_scale) * jax.random.normal(key, loc.shape)
+        logits = jax.nn.relu(z @ p["d0"]["w"] + p["d0"]["b"]) @ p["d1"]["w"] + p["d1"]["b"]
+        log_lik = jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+        kl = 0.5 * jnp.sum(loc**2 + jnp.exp(2 * log_scale) - 1 - 2 * log_scale, axis=-1)
+        return jnp.mean(kl - log_lik)
+
+    @jax.jit
+    def epoch(params, opt, key):
+        def body(carry, inp):
+            p, opt = carry
+            i, k = inp
+            k_bin, k_z = jax.random.split(k)
+            x = jax.lax.dynamic_slice_in_dim(train, i * batch_size, batch_size)
+            x = jax.random.bernoulli(k_bin, x).astype(x.dtype)
+            value, grads = jax.value_and_grad(loss)(p, x, k_z)
+            updates, opt = adam.update(grads, opt, p)
+            return (optax.apply_updates(p, updates), opt), value
+
+        inputs = (jnp.arange(steps), jax.random.split(key, steps))
+        return jax.lax.scan(body, (params, opt), inputs)[1]
+
+    opt = adam.init(params)
+
+    def call():
+        epoch(params, opt, jax.random.key(1)).block_until_ready()
+
+    call()
+    return call
+
+
+def make_breakdown(batch_size: int, steps: int) -> dict[str, object]:
+    """Compiled, warmed-up calls of ``steps`` scanned steps of ablations of the training step.
+
+    The step without dynamic binarisation, with SGD instead of Adam, with neither, and the
+    model's four matmuls alone (forward and backward through the weights, ReLU between, a
+    linear loss, an SGD update; no biases, sampling, likelihood or KL): what the dense layers
+    of this model can reach at this batch size.
+    """
     from experiments import _vae_train
     from experiments._vae_config import base_config
 
     _, state = _vae_train.init_state(base_config(), 784, jax.random.key(0))
-    params = state["params"]
     kernels = [
-        params[part]["layers"][i]["kernel"][...] for part in ("encoder", "decoder") for i in (0, 1)
+        state["params"][part]["layers"][i]["kernel"][...]
+        for part in ("encoder", "decoder")
+        for i in (0, 1)
     ]
     x = _data(batch_size)
 
-    def dense_loss(ws, x):  # the VAE's four matmuls, ReLU between, mean of the code as latent
+    def linear_loss(ws, x):  # the VAE's four matmuls; the code's first half as the latent
         h = jax.nn.relu(x @ ws[0])
         z = (h @ ws[1])[:, :20]
-        logits = jax.nn.relu(z @ ws[2]) @ ws[3]
-        return jnp.sum(x * logits - jax.nn.softplus(logits))
+        return jnp.sum(x * (jax.nn.relu(z @ ws[2]) @ ws[3]))
 
     @jax.jit
-    def dense_only(ws, x):
+    def matmuls_only(ws, x):
         def body(ws, _):
-            g = jax.grad(dense_loss)(ws, x)
+            g = jax.grad(linear_loss)(ws, x)
             return [w - 1e-6 * gw for w, gw in zip(ws, g, strict=True)], None
 
         return jax.lax.scan(body, ws, None, length=steps)[0]
 
-    adam = optax.adam(1e-3)
-    grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
-
-    @jax.jit
-    def adam_only(params, grads):
-        def body(carry, _):
-            p, opt = carry
-            updates, opt = adam.update(grads, opt, p)
-            return (optax.apply_updates(p, updates), opt), None
-
-        return jax.lax.scan(body, (params, adam.init(params)), None, length=steps)[0][0]
-
-    @jax.jit
-    def sgd_only(params, grads):  # the update inside the dense-layers program, to subtract it
-        def body(p, _):
-            return jax.tree.map(lambda a, g: a - 1e-6 * g, p, grads), None
-
-        return jax.lax.scan(body, params, None, length=steps)[0]
-
-    @jax.jit
-    def binarise_only(key, x):
-        def body(total, k):
-            return total + jnp.sum(jax.random.bernoulli(k, x).astype(x.dtype)), None
-
-        return jax.lax.scan(body, 0.0, jax.random.split(key, steps))[0]
-
-    key = jax.random.key(3)
     calls = {
-        DENSE: lambda: jax.block_until_ready(dense_only(kernels, x)),
-        "SGD update only": lambda: jax.block_until_ready(sgd_only(params, grads)),
-        "Adam update only": lambda: jax.block_until_ready(adam_only(params, grads)),
-        "dynamic binarisation only": lambda: binarise_only(key, x).block_until_ready(),
+        "step without dynamic binarisation": make_training(
+            batch_size, steps, "pathwise", dynamic=False
+        ),
+        "step with SGD instead of Adam": make_training(batch_size, steps, "pathwise", sgd=True),
+        "step with neither": make_training(batch_size, steps, "pathwise", dynamic=False, sgd=True),
+        MATMULS: lambda: jax.block_until_ready(matmuls_only(kernels, x)),
+        PLAIN: make_plain_step(batch_size, steps),
     }
-    for call in calls.values():
-        call()
+    calls[MATMULS]()
     return calls
 
 
@@ -199,7 +241,7 @@ def main() -> None:
     gflops = {n: [] for n in matmuls}
     model_gflops, ratios, step_ms = [], [], []
     piece_ms: dict[str, list[float]] = {name: [] for name in pieces}
-    dense_ratios = []
+    piece_ratios: dict[str, list[float]] = {name: [] for name in pieces}
     for _ in range(args.repeats):
         for n, fn in matmuls.items():
             gflops[n].append(2 * n**3 / _seconds(fn) / 1e9)
@@ -210,10 +252,10 @@ def main() -> None:
         model_gflops.append(ex_s * train_flops / 1e9)
         ratios.append(model_gflops[-1] / roof_now)
         for name, fn in pieces.items():
-            piece_ms[name].append(_seconds(fn) / args.steps * 1e3)
-        if pieces:
-            dense_s = piece_ms[DENSE][-1] / 1e3
-            dense_ratios.append(args.batch_size * train_flops / dense_s / 1e9 / roof_now)
+            seconds = _seconds(fn)
+            piece_ms[name].append(seconds / args.steps * 1e3)
+            flops = args.steps * args.batch_size * train_flops
+            piece_ratios[name].append(flops / seconds / 1e9 / roof_now)
     med = statistics.median
     for n, g in gflops.items():
         print(f"fp32 matmul {n:5d}^3: {med(g):7.1f} GFLOP/s (median of {args.repeats})")
@@ -234,16 +276,13 @@ def main() -> None:
     )
     if pieces:
         print(f"breakdown, ms per step of batch {args.batch_size} (median of {args.repeats}):")
-        print(f"  {'whole training step':38s} {med(step_ms):6.3f}")
+        print(f"  {'whole training step':40s} {med(step_ms):6.3f}  ratio {med(ratios):.2f}")
         for name, ms in piece_ms.items():
-            print(f"  {name:38s} {med(ms):6.3f}")
+            print(f"  {name:40s} {med(ms):6.3f}  ratio {med(piece_ratios[name]):.2f}")
         print(
-            f"  the dense layers alone reach {med(dense_ratios):.2f} of the roofline "
-            "(the ceiling for these shapes at this batch size)"
-        )
-        print(
-            f"  the whole step runs at {med(piece_ms[DENSE]) / med(step_ms):.2f} of the speed of "
-            "the dense layers alone"
+            f"  this project's step vs the plain-JAX baseline: "
+            f"{med(p / s for p, s in zip(piece_ms[PLAIN], step_ms, strict=True)):.2f}x its speed "
+            "(median of per-repeat ratios)"
         )
     print(f"one epoch of 60 000 images: {60000 / ex_s:.2f} s; load after: {os.getloadavg()}")
     if args.workdir is not None:
