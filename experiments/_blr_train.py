@@ -21,16 +21,10 @@ import optax
 import estimators
 from models import logistic_regression as lr
 
+from ._blr_config import VARIANTS
+
 Array = jax.Array
 
-VARIANTS = (
-    "score_function",
-    "score_function_moving_average",
-    "score_function_delta",
-    "pathwise",
-    "pathwise_delta",
-    "measure_valued",
-)
 LABELS = {
     "score_function": "score function",
     "score_function_moving_average": "score function + moving average",

@@ -2,6 +2,16 @@
 
 import ml_collections
 
+# Every estimator of the encoder's gradient the VAE runners know (see `_vae_train`).
+ESTIMATORS = (
+    "pathwise",
+    "score_function",
+    "score_function_moving_average",
+    "score_function_loo",
+    "score_function_nvil",
+    "iwae",
+)
+
 
 def base_config() -> ml_collections.ConfigDict:
     """The default model (784-400-20 ReLU, pathwise) on dynamically binarised MNIST."""
@@ -43,4 +53,25 @@ def base_config() -> ml_collections.ConfigDict:
     config.ll_num_samples = 5000
     config.ll_chunk_size = 500
     config.ll_test_examples = 0  # 0 = the whole test set
+    return config
+
+
+def digits_config() -> ml_collections.ConfigDict:
+    """The base config on scikit-learn's bundled 8x8 digits (no download), with a smaller model."""
+    config = base_config()
+    config.dataset = "digits"
+    config.hidden = (128,)
+    config.latent_dim = 8
+    config.batch_size = 100
+    config.eval_every_epochs = 10
+    config.checkpoint_every_steps = 1000
+    config.ll_chunk_size = 1000
+    return config
+
+
+def comparison(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` turned into a ``vae_compare`` config that trains every estimator in turn."""
+    config.runner = "vae_compare"
+    del config["estimator"]
+    config.estimators = ESTIMATORS
     return config

@@ -29,17 +29,11 @@ from flax import nnx
 import estimators
 import models
 
+from ._vae_config import ESTIMATORS
+
 Array = jax.Array
 PyTree = Any
 
-ESTIMATORS = (
-    "pathwise",
-    "score_function",
-    "score_function_moving_average",
-    "score_function_loo",
-    "score_function_nvil",
-    "iwae",
-)
 MULTI_SAMPLE = ("score_function_loo", "iwae")  # use config.num_samples = K > 1 samples
 
 

@@ -26,8 +26,9 @@ import ml_collections
 import numpy as np
 
 from . import _blr_plot
+from ._blr_config import VARIANTS
 from ._blr_data import breast_cancer
-from ._blr_train import VARIANTS, Settings, make_program
+from ._blr_train import Settings, make_program
 from ._workdir import atomic_write_bytes, read_json, write_json
 
 NUM_DATA = 569

@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 
 from . import _vae_plots, _vae_train, data
-from ._vae_train import ESTIMATORS, MULTI_SAMPLE, TrainingDiverged
+from ._vae_config import ESTIMATORS
+from ._vae_train import MULTI_SAMPLE, TrainingDiverged
 from ._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
 
 RESUMABLE = True

@@ -19,7 +19,7 @@ import ml_collections
 
 from . import _vae_plots, vae
 from ._config import config_from_dict, config_to_dict
-from ._vae_train import ESTIMATORS
+from ._vae_config import ESTIMATORS
 from ._workdir import atomic_write_text, read_json, write_json
 
 RESUMABLE = True

@@ -2,19 +2,16 @@
 
 import ml_collections
 
+from experiments._variance_config import base_config
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.runner = "variance"
-    config.name = "fig5"
-    config.title = (
+    config = base_config(
+        "fig5",
         r"Figure 5: coupled measure-valued variance against dimension, "
-        r"$x \sim N(10 \cdot 1, \sigma^2 I_D)$"
+        r"$x \sim N(10 \cdot 1, \sigma^2 I_D)$",
     )
-    config.seed = 0
     config.loc = 10.0
-    config.scale = 1.0
-    config.num_samples = 100_000
     config.estimators = ("measure_valued_coupled",)
     config.parameters = ("loc", "scale")
     config.costs = ("linear", "quartic")
@@ -22,6 +19,4 @@ def get_config() -> ml_collections.ConfigDict:
     # 4e9 per 1e5 samples (about 15 s of CPU), so the default stops at 30 to keep all six
     # figures within a minute; --config.dims='(1, 10, 100)' goes further. One compile per D.
     config.dims = (1, 3, 10, 30)
-    config.num_nodes = 512  # quadrature nodes per integration rule
-    config.yscale = "log"
     return config

@@ -2,29 +2,11 @@
 
 import ml_collections
 
+from experiments._blr_config import base_config
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.runner = "blr"
+    config = base_config()
     config.figures = ("fig8",)
     config.variants = ("score_function", "pathwise")
-    config.num_seeds = 5
-    config.seed = 0
-    config.steps = 5000
-    config.learning_rate = 1e-3  # plain SGD, cosine decay to 0 over `steps`
-    config.batch_size = 32
-    config.num_samples = 50  # N, samples per gradient estimate
-    config.eval_every = 10
-    config.eval_samples = 1000  # posterior samples for the ELBO and accuracy (full data)
-    config.variance_samples = 1000  # per-sample jacobians for the gradient variance (full data)
-    # The measure-valued estimator costs 4 D = 124 log-likelihood evaluations per sample.
-    config.measure_valued_variance_samples = 100
-    config.moving_average_decay = 0.99
-    config.cv_coefficient = 1.0  # delta-method control variate coefficient
-    # At the paper's learning rate the score-function variants can diverge in the first steps
-    # for some seeds (gradients of ~1e3 at initialisation); such seeds are recorded as NaN,
-    # left out of the curves and named on the figure. False makes a divergence an error.
-    config.allow_divergence = True
-    config.sweep = ""
-    config.sweep_values = ()
     return config

@@ -2,21 +2,11 @@
 
 import ml_collections
 
-from experiments._vae_config import base_config
+from experiments._vae_config import base_config, comparison
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base_config()
-    config.runner = "vae_compare"
-    del config["estimator"]
-    config.estimators = (
-        "pathwise",
-        "score_function",
-        "score_function_moving_average",
-        "score_function_loo",
-        "score_function_nvil",
-        "iwae",
-    )
+    config = comparison(base_config())
     config.num_epochs = 10
     config.eval_every_epochs = 1
     config.grad_var_every_epochs = 2
