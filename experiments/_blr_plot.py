@@ -159,10 +159,12 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     return paths
 
 
-def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
+def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> list[Path]:
     """Final ELBO against the swept value; diverged seeds (NaN) are left out and listed."""
     plt = _plt()
     values = arrays["sweep_values"]
+    seeds = arrays[f"{config.variants[0]}/{config.sweep}={values[0]}/elbo"].shape[0]
+    title = f"Final ELBO against {swept} ({fixed}; mean ± sd over {seeds} seeds)"
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
     notes = []
     for i, variant in enumerate(config.variants):
@@ -221,26 +223,14 @@ def _sweep(config, arrays, stem: Path, xlabel: str, title: str) -> list[Path]:
 
 def fig11(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
     """Final ELBO against the number of samples N (mean and sd over seeds)."""
-    n = arrays[f"{config.variants[0]}/{config.sweep}={arrays['sweep_values'][0]}/elbo"].shape[0]
-    return _sweep(
-        config,
-        arrays,
-        stem,
-        "number of samples N per gradient estimate",
-        f"Final ELBO against N (batch {config.batch_size}; mean ± sd over {n} seeds)",
-    )
+    xlabel = "number of samples N per gradient estimate"
+    return _sweep(config, arrays, stem, xlabel, "N", f"batch {config.batch_size}")
 
 
 def fig12(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
     """Final ELBO against the minibatch size (mean and sd over seeds)."""
-    n = arrays[f"{config.variants[0]}/{config.sweep}={arrays['sweep_values'][0]}/elbo"].shape[0]
-    return _sweep(
-        config,
-        arrays,
-        stem,
-        "minibatch size",
-        f"Final ELBO against batch size (N = {config.num_samples}; mean ± sd over {n} seeds)",
-    )
+    fixed = f"N = {config.num_samples}"
+    return _sweep(config, arrays, stem, "minibatch size", "batch size", fixed)
 
 
 DRAW = {"fig8": fig8, "fig9": fig9, "fig11": fig11, "fig12": fig12}

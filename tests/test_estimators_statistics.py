@@ -139,16 +139,21 @@ def normal_battery(seed: int, estimator: str, scale: float = 1.0) -> cf.Checks:
         if key == "square_1d":
             continue
         (dim, form), (names, summary, exact) = key, value
-        for leaf, s in summary.items():
-            for i in range(s["mean"].shape[0]):
-                for r, name in enumerate(names):
-                    checks.add_summary(
-                        f"{estimator} Normal D={dim} {form} setting={i} {name} d/d{leaf}",
-                        {k: v[i, r] for k, v in s.items()},
-                        exact[leaf][i, r],
-                        scale=scale,
-                    )
+        _add_settings(checks, f"{estimator} Normal D={dim} {form}", names, summary, exact, scale)
     return checks
+
+
+def _add_settings(checks: cf.Checks, label: str, names, summary, exact, scale: float) -> None:
+    """One check per (parameter leaf, setting i, cost r): ``summary[leaf][stat][i, r]``."""
+    for leaf, s in summary.items():
+        for i in range(s["mean"].shape[0]):
+            for r, name in enumerate(names):
+                checks.add_summary(
+                    f"{label} setting={i} {name} d/d{leaf}",
+                    {k: v[i, r] for k, v in s.items()},
+                    exact[leaf][i, r],
+                    scale=scale,
+                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,15 +235,7 @@ def continuous_results(seed: int, family: str, estimator: str):
 def continuous_battery(seed: int, family: str, estimator: str, scale: float = 1.0):
     names, _, summary, exact = continuous_results(seed, family, estimator)
     checks = cf.Checks()
-    for leaf, s in summary.items():
-        for i in range(s["mean"].shape[0]):
-            for r, name in enumerate(names):
-                checks.add_summary(
-                    f"{estimator} {family} setting={i} {name} d/d{leaf}",
-                    {k: v[i, r] for k, v in s.items()},
-                    exact[leaf][i, r],
-                    scale=scale,
-                )
+    _add_settings(checks, f"{estimator} {family}", names, summary, exact, scale)
     return checks
 
 
