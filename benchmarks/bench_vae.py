@@ -58,7 +58,9 @@ def make_matmuls(sizes: list[int]) -> dict[int, object]:
     return out
 
 
-def make_training(batch_size: int, steps: int, estimator: str, *, dynamic: bool = True, sgd=False):
+def make_training(
+    batch_size: int, steps: int, estimator: str, *, dynamic: bool = True, sgd: bool = False
+):
     """A compiled, warmed-up call of ``steps`` scanned training steps of the default model.
 
     ``dynamic=False`` trains on the batch as given (no binarisation inside the step) and
@@ -153,7 +155,7 @@ def make_breakdown(batch_size: int, steps: int) -> dict[str, object]:
     The step without dynamic binarisation, with SGD instead of Adam, with neither, and the
     model's four matmuls alone (forward and backward through the weights, ReLU between, a
     linear loss, an SGD update; no biases, sampling, likelihood or KL): what the dense layers
-    of this model can reach at this batch size.
+    of this model can reach at this batch size. Last, the baseline of :func:`make_plain_step`.
     """
     from experiments import _vae_train
     from experiments._vae_config import base_config
@@ -230,6 +232,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--breakdown", action="store_true", help="time the pieces of a step too")
     args = p.parse_args()
+    if args.breakdown and args.estimator != "pathwise":
+        p.error("--breakdown compares pathwise steps; leave --estimator at pathwise")
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, load {os.getloadavg()}")
     fwd, train_flops = model_flops_per_example([784, 400, 40], [20, 400, 784])
@@ -279,9 +283,9 @@ def main() -> None:
         print(f"  {'whole training step':40s} {med(step_ms):6.3f}  ratio {med(ratios):.2f}")
         for name, ms in piece_ms.items():
             print(f"  {name:40s} {med(ms):6.3f}  ratio {med(piece_ratios[name]):.2f}")
+        speed = [b / s for b, s in zip(piece_ms[PLAIN], step_ms, strict=True)]
         print(
-            f"  this project's step vs the plain-JAX baseline: "
-            f"{med(p / s for p, s in zip(piece_ms[PLAIN], step_ms, strict=True)):.2f}x its speed "
+            f"  this project's step vs the plain-JAX baseline: {med(speed):.2f}x its speed "
             "(median of per-repeat ratios)"
         )
     print(f"one epoch of 60 000 images: {60000 / ex_s:.2f} s; load after: {os.getloadavg()}")
