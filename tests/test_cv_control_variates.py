@@ -167,9 +167,18 @@ def test_cv_score_function_variances_with_optimal_and_mean_baselines():
     f = lambda x: jnp.sum(jnp.square(x))  # noqa: E731
     k_b, k_est = jax.random.split(jax.random.key(13))
     n = 200_000
-    b_opt = estimators.optimal_baseline(f, params, normal, k_b, num_samples=200_000)
-    np.testing.assert_allclose([b_opt[0][0], b_opt[1][0]], [4.0, 6.0], rtol=0.05)
+    b_opt = estimators.optimal_baseline(f, params, normal, k_b, num_samples=n)
+    # b*_j = E[f s_j^2] / E[s_j^2] is a ratio of means: its delta-method standard error, from
+    # the same samples, is sd(f s_j^2 - b*_j s_j^2) / (sqrt(n) mean(s_j^2)). Exact: 4 and 6.
+    x = np.asarray(estimators.draw_samples(normal(params), k_b, n), np.float64)[:, 0]
+    scores = {"mu": x - 1.0, "sigma": -1.0 + (x - 1.0) ** 2}  # d/dtheta log N(x; 1, 1)
     checks = []
+    for b, (name, score), b_exact in zip(b_opt, scores.items(), (4.0, 6.0), strict=True):
+        s2 = score**2
+        b_here = np.mean(x**2 * s2) / np.mean(s2)  # the same samples as optimal_baseline's
+        np.testing.assert_allclose(float(b[0]), b_here, rtol=1e-4)  # float32 against float64
+        se = np.std(x**2 * s2 - b_here * s2, ddof=1) / (math.sqrt(n) * np.mean(s2))
+        checks.append((f"optimal baseline for {name}", (b_here,), (se,), b_exact))
     for label, baseline, exact_var in (
         ("optimal", b_opt, (14.0, 64.0)),
         ("mean", 2.0, (18.0, 96.0)),
