@@ -1,6 +1,9 @@
 """Figures 8, 9, 11 and 12 of Mohamed et al. (2020) from the saved arrays of a BLR run.
 
-Curves are the mean over seeds, bands the range (min to max) over seeds.
+Every curve and point averages only the seeds that did not diverge (NaN/inf during training);
+the figures say how many seeds are behind each (``n = 3 of 5 seeds``) and how many diverged.
+Curves are the mean over those seeds, bands their range (min to max); sweep points are the mean
+± the sample sd. A single seed gets no band or error bar, and no line through it.
 """
 
 from __future__ import annotations
@@ -36,25 +39,37 @@ def _plt():
     return plt
 
 
-def _finite_seeds(per_seed: np.ndarray) -> np.ndarray:
-    """The seeds (rows) whose whole curve is finite: diverged seeds are left out of the curves."""
-    return per_seed[np.isfinite(per_seed).all(axis=tuple(range(1, per_seed.ndim)))]
-
-
-def _ok(arrays: dict, variant: str) -> np.ndarray:
-    """``[S]`` mask of the seeds that did not diverge (their ELBO curve is finite); a diverged
-    seed's accuracy stays finite (NaN weights classify as one class), so test the ELBO."""
-    elbo = arrays[f"{variant}/elbo"]
+def _ok(arrays: dict, tag: str) -> np.ndarray:
+    """``[S]`` mask of the seeds of ``tag`` (a variant, or ``variant/key=value``) that did not
+    diverge: the runner's saved ``<tag>/diverged`` flags, or, for results saved before those
+    existed, a finite ELBO curve (a diverged seed's accuracy stays finite: NaN weights classify
+    as one class)."""
+    if f"{tag}/diverged" in arrays:
+        return ~np.asarray(arrays[f"{tag}/diverged"], bool)
+    elbo = arrays[f"{tag}/elbo"]
     return np.isfinite(elbo).all(axis=tuple(range(1, elbo.ndim)))
 
 
-def _diverged_note(config: ml_collections.ConfigDict, arrays: dict, variants) -> str:
-    """``"; diverged (left out): score function seeds 1, 3"`` or ``""``."""
+def seed_counts(arrays: dict, tag: str) -> tuple[int, int]:
+    """``(n, S)``: the seeds behind ``tag``'s curve or point (did not diverge), of ``S`` run."""
+    ok = _ok(arrays, tag)
+    return int(ok.sum()), int(ok.shape[0])
+
+
+def count_label(n: int, total: int) -> str:
+    """``"n = 3 of 5 seeds, 2/5 diverged"``, ``"n = 5 of 5 seeds"``, ``"all 5 seeds diverged"``."""
+    if n == 0:
+        return f"all {total} seeds diverged"
+    lost = total - n
+    return f"n = {n} of {total} seeds" + (f", {lost}/{total} diverged" if lost else "")
+
+
+def _diverged_note(arrays: dict, variants) -> str:
+    """``"\ndiverged, left out: score function seed(s) 1, 3"`` or ``""``."""
     parts = []
     for variant in variants:
-        elbo = arrays[f"{variant}/elbo"]
-        bad = [s for s in range(elbo.shape[0]) if not np.isfinite(elbo[s]).all()]
-        if bad:
+        bad = np.flatnonzero(~_ok(arrays, variant))
+        if bad.size:
             parts.append(f"{LABELS[variant]} seed(s) {', '.join(map(str, bad))}")
     return f"\ndiverged, left out: {'; '.join(parts)}" if parts else ""
 
@@ -64,11 +79,11 @@ def _band(
 ):
     """Mean over seeds (axis 0; geometric if ``log``) as a line, min-max over seeds as a band.
 
-    Seeds that diverged (a non-finite value anywhere) are left out; nothing is drawn if none
-    is left.
+    ``per_seed`` holds only the seeds that did not diverge. With one seed the line is that seed
+    and there is no band; with none, only the legend entry is drawn.
     """
-    per_seed = _finite_seeds(per_seed)
     if per_seed.shape[0] == 0:
+        ax.plot([], [], color=color, label=label, lw=1.2, ls=ls)
         return
     mean = np.exp(np.log(per_seed).mean(axis=0)) if log else per_seed.mean(axis=0)
     ax.plot(x, mean, color=color, label=label, lw=1.2, ls=ls)
@@ -80,23 +95,30 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     """Per-feature variance of the log-scale gradient over training: score function, pathwise."""
     plt = _plt()
     steps = arrays["steps"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9), sharey=True)
     for ax, variant in zip(axes, ("score_function", "pathwise"), strict=True):
-        var = arrays[f"{variant}/var_log_scale"][_ok(arrays, variant)]  # [S, E, D]
-        per_feature = np.exp(np.log(var).mean(axis=0))  # geometric mean over seeds, [E, D]
-        colors = plt.cm.viridis(np.linspace(0, 1, var.shape[-1]))
-        for d in range(var.shape[-1]):
-            ax.plot(steps, per_feature[:, d], color=colors[d], lw=0.6, alpha=0.8)
-        _band(ax, steps, var.mean(axis=-1), "black", "mean over features", log=True)
+        var = arrays[f"{variant}/var_log_scale"][_ok(arrays, variant)]  # [n, E, D]
+        n, total = seed_counts(arrays, variant)
+        if n:
+            per_feature = np.exp(np.log(var).mean(axis=0))  # geometric mean over seeds, [E, D]
+            colors = plt.cm.viridis(np.linspace(0, 1, var.shape[-1]))
+            for d in range(var.shape[-1]):
+                ax.plot(steps, per_feature[:, d], color=colors[d], lw=0.6, alpha=0.8)
+        band = "line = mean over features" + (", band = range over seeds" if n > 1 else "")
+        _band(ax, steps, var.mean(axis=-1), "black", band, log=True)
         ax.set_yscale("log")
-        ax.set_title(f"{LABELS[variant]}: Var of d/d log-scale, per feature")
+        ax.set_title(
+            f"{LABELS[variant]}: Var of d/d log-scale, per feature\n({count_label(n, total)})",
+            fontsize=10,
+        )
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3, which="major")
+        ax.legend(loc="upper right", fontsize=8)
     axes[0].set_ylabel("single-sample variance")
-    axes[0].legend(loc="upper right", fontsize=8)
     fig.suptitle(
-        f"Bayesian logistic regression, {var.shape[-1]} features (colour = feature index); "
-        f"{var.shape[0]} seeds" + _diverged_note(config, arrays, ("score_function", "pathwise")),
+        f"Bayesian logistic regression, {arrays['pathwise/var_log_scale'].shape[-1]} features "
+        "(colour = feature index): geometric mean over the seeds that did not diverge"
+        + _diverged_note(arrays, ("score_function", "pathwise")),
         fontsize=10,
     )
     fig.tight_layout()
@@ -106,26 +128,33 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
 
 
 def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
-    """ELBO, accuracy and the average gradient variances over training, every variant."""
+    """ELBO, accuracy and the average gradient variances over training, every variant.
+
+    Each curve averages the seeds that did not diverge; the legend gives how many (n of S) and
+    how many diverged.
+    """
     plt = _plt()
     steps = arrays["steps"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.8))
     panels = (
         ("elbo", "ELBO (full data)", False),
         ("accuracy", "accuracy (full data)", False),
         ("var_loc", "Var of d/d mean (average over features)", True),
         ("var_log_scale", "Var of d/d log-scale (average over features)", True),
     )
-    lows = []
+    lows, tops = [], []
     for ax, (name, title, log) in zip(axes.flat, panels, strict=True):
         for variant in config.variants:
             per_seed = arrays[f"{variant}/{name}"][_ok(arrays, variant)]
             if per_seed.ndim == 3:
                 per_seed = per_seed.mean(axis=-1)
+            n, total = seed_counts(arrays, variant)
+            label = f"{LABELS[variant]} ({count_label(n, total)})"
             style = STYLES.get(variant, "-")
-            _band(ax, steps, per_seed, COLORS[variant], LABELS[variant], log=log, ls=style)
-            if name == "elbo" and len(_finite_seeds(per_seed)):
-                lows.append(np.percentile(_finite_seeds(per_seed).mean(axis=0), 5))
+            _band(ax, steps, per_seed, COLORS[variant], label, log=log, ls=style)
+            if name == "elbo" and n:
+                lows.append(np.percentile(per_seed.mean(axis=0), 5))
+                tops.append(per_seed.max())
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
@@ -133,24 +162,22 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
             ax.set_yscale("log")
     # The first few hundred steps of ELBO are far below the rest; show the interesting part.
     if lows:  # some seed of some variant did not diverge
-        ok = [arrays[f"{v}/elbo"][_ok(arrays, v)] for v in config.variants]
-        top = max(a.max() for a in ok if a.size)
-        low = min(lows)
+        top, low = max(tops), min(lows)
         axes[0, 0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
-    if axes[0, 1].get_legend_handles_labels()[0]:
-        axes[0, 1].legend(loc="lower right", fontsize=8)
-    n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
+    axes[0, 1].legend(loc="lower right", fontsize=7.5)
     mvd = (
         f" (measure-valued: {config.measure_valued_variance_samples})"
         if "measure_valued" in config.variants
         else ""
     )
+    n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
     fig.suptitle(
         f"Bayesian logistic regression: N = {config.num_samples} samples, batch "
-        f"{config.batch_size}, {n_seeds} seeds (line = mean, band = range over seeds)\n"
+        f"{config.batch_size}, {n_seeds} seeds per variant; line = mean over the n seeds that "
+        "did not diverge (n in the legend), band = their range (none when n = 1)\n"
         f"evaluated every {config.eval_every} steps on the full data: ELBO and accuracy from "
         f"{config.eval_samples} samples, variances from {config.variance_samples}{mvd}"
-        + _diverged_note(config, arrays, config.variants),
+        + _diverged_note(arrays, config.variants),
         fontsize=10,
     )
     fig.tight_layout()
@@ -159,62 +186,108 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     return paths
 
 
+def sweep_statistics(finals: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
+    """Per swept value, the statistics of the final ELBO over the seeds that did not diverge.
+
+    Args:
+      finals: ``[S, V]`` final ELBO per seed and value; ok: ``[S, V]`` True where the seed did
+        not diverge (only those entries are read).
+
+    Returns:
+      ``{"n": [V] int, "mean": [V], "sd": [V]}``: the mean (NaN where n = 0) and the sample sd
+      (``ddof=1``; NaN where n < 2, so no error bar comes from a single seed).
+    """
+    n = ok.sum(axis=0)
+    kept = np.where(ok, finals, 0.0)  # diverged entries (NaN/inf) never enter the arithmetic
+    mean = np.where(n > 0, kept.sum(axis=0) / np.maximum(n, 1), np.nan)
+    dev = np.where(ok, kept - np.nan_to_num(mean)[None], 0.0)
+    sd = np.where(n > 1, np.sqrt(np.square(dev).sum(axis=0) / np.maximum(n - 1, 1)), np.nan)
+    return {"n": n, "mean": mean, "sd": sd}
+
+
 def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> list[Path]:
-    """Final ELBO against the swept value; diverged seeds (NaN) are left out and listed."""
+    """Final ELBO against the swept value, with the seeds behind each point and the divergences.
+
+    Top: mean ± sd over the seeds that did not diverge. A line joins two neighbouring points only
+    when both average at least two seeds; a point from a single seed is a hollow marker with no
+    line and no error bar; every point with fewer than all seeds is labelled ``n=k``. Bottom: the
+    number of seeds that diverged at each value.
+    """
     plt = _plt()
     values = arrays["sweep_values"]
-    seeds = arrays[f"{config.variants[0]}/{config.sweep}={values[0]}/elbo"].shape[0]
-    title = f"Final ELBO against {swept} ({fixed}; mean ± sd over {seeds} seeds)"
-    fig, ax = plt.subplots(figsize=(6.5, 4.4))
-    notes = []
+    total = arrays[f"{config.variants[0]}/{config.sweep}={values[0]}/elbo"].shape[0]
+    fig, (ax, ax_div) = plt.subplots(
+        2, 1, figsize=(7, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.1]}
+    )
+    width = 0.03
     for i, variant in enumerate(config.variants):
-        finals = np.stack(
-            [arrays[f"{variant}/{config.sweep}={v}/elbo"][:, -1] for v in values], axis=1
-        )  # [S, V]
-        ok = np.isfinite(finals)
-        kept = np.where(ok, finals, 0.0)
-        count = ok.sum(axis=0)
-        mean = np.where(count > 0, kept.sum(axis=0) / np.maximum(count, 1), np.nan)
-        sq = np.where(ok, np.square(finals - mean[None]), 0.0).sum(axis=0)
-        std = np.sqrt(sq / np.maximum(count, 1))
+        tags = [f"{variant}/{config.sweep}={v}" for v in values]
+        finals = np.stack([arrays[f"{t}/elbo"][:, -1] for t in tags], axis=1)  # [S, V]
+        ok = np.stack([_ok(arrays, t) for t in tags], axis=1)  # [S, V]
+        stats = sweep_statistics(finals, ok)
+        n, mean, sd = stats["n"], stats["mean"], stats["sd"]
         # Small horizontal offsets keep the error bars of different variants apart.
-        x = values * (1 + 0.03 * (i - (len(config.variants) - 1) / 2))
-        ax.errorbar(
+        x = values * (1 + width * (i - (len(config.variants) - 1) / 2))
+        color, style = COLORS[variant], STYLES.get(variant, "-")
+        several = n >= 2
+        # NaN breaks the line: it runs only between neighbouring points of >= 2 seeds.
+        ax.plot(
             x,
-            mean,
-            yerr=std,
-            color=COLORS[variant],
-            label=LABELS[variant],
-            ls=STYLES.get(variant, "-"),
-            marker="o",
-            ms=3,
-            capsize=2,
+            np.where(several, mean, np.nan),
+            color=color,
+            ls=style,
             lw=1.2,
+            marker="o",
+            ms=3.5,
+            label=LABELS[variant],
         )
-        lost = [
-            f"{v} ({finals.shape[0] - c}/{finals.shape[0]})"
-            for v, c in zip(values, count, strict=True)
-            if c < finals.shape[0]
-        ]
-        if lost:
-            notes.append(f"{LABELS[variant]} at {', '.join(lost)}")
+        ax.errorbar(
+            x[several], mean[several], yerr=sd[several], color=color, ls="none", capsize=2, lw=1.0
+        )
+        single = n == 1
+        ax.plot(
+            x[single], mean[single], ls="none", marker="o", ms=6, mfc="white", mec=color, mew=1.3
+        )
+        for xi, yi, ni in zip(x, mean, n, strict=True):
+            if 0 < ni < total:
+                ax.annotate(
+                    f"n={ni}",
+                    (xi, yi),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=6.5,
+                    color=color,
+                )
+        ax_div.plot(x, total - n, color=color, ls=style, lw=1.0, marker="o", ms=3)
+    ax.plot(
+        [],
+        [],
+        ls="none",
+        marker="o",
+        ms=6,
+        mfc="white",
+        mec="gray",
+        mew=1.3,
+        label="a single seed (n=1): no line, no bar",
+    )
     ax.set_xscale("log")
-    ax.set_xticks(values, [str(v) for v in values])
-    ax.minorticks_off()
-    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"ELBO after {config.steps} steps")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(
+        f"Final ELBO against {swept} ({fixed}): mean ± sd over the seeds that did not diverge,\n"
+        f"of {total} seeds per point; n=k marks a point with fewer, the lower panel counts "
+        "the diverged",
+        fontsize=9.5,
+    )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if notes:
-        fig.text(
-            0.01,
-            -0.02,
-            "Diverged seeds (NaN/inf, left out): " + "; ".join(notes),
-            fontsize=7,
-            va="top",
-            wrap=True,
-        )
+    ax.legend(fontsize=7.5)
+    ax_div.set_xscale("log")
+    ax_div.set_xticks(values, [str(v) for v in values])
+    ax_div.minorticks_off()
+    ax_div.set_ylim(-0.4, total + 0.4)
+    ax_div.set_yticks(range(0, total + 1, max(1, total // 5)))
+    ax_div.set_ylabel(f"diverged\n(of {total})", fontsize=8)
+    ax_div.set_xlabel(xlabel)
+    ax_div.grid(alpha=0.3)
     fig.tight_layout()
     paths = save_figure(fig, stem)
     plt.close(fig)

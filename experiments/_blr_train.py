@@ -47,7 +47,8 @@ class Settings(NamedTuple):
     eval_samples: int
     variance_samples: int  # 0: no variance evaluation
     moving_average_decay: float
-    cv_coefficient: float | str
+    cv_coefficient: float | str  # a float, or "optimal" (estimated from separate samples)
+    cv_coefficient_samples: int = 25  # samples for "optimal"
 
 
 class Carry(NamedTuple):
@@ -105,6 +106,7 @@ def jacobians(
             key,
             num_samples=num_samples,
             coefficient=settings.cv_coefficient,
+            num_coefficient_samples=settings.cv_coefficient_samples,
         )
         return jac, None
     if variant == "measure_valued":

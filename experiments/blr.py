@@ -7,8 +7,11 @@ measure-valued with coupling). Every ``eval_every`` steps the ELBO, the accuracy
 per-coordinate variance of the gradient estimator are measured on the full data set.
 
 One jitted program per variant (and sweep value) trains all seeds at once (``vmap``) with the
-steps as a ``lax.scan``. Results: ``results.npz`` (every curve, per seed), ``summary.json``
-(final values and timings), figures ``fig8``/``fig9``/``fig11``/``fig12`` (PNG and PDF).
+steps as a ``lax.scan``. Results: ``results.npz`` (every curve per seed, NaN for a diverged
+seed, and ``<variant>/diverged`` ``[S]`` flags), ``finals.csv`` (each seed's final ELBO and
+accuracy, and whether it diverged), ``summary.json`` (final values over the seeds that did not
+diverge, the diverged seeds, timings), figures ``fig8``/``fig9``/``fig11``/``fig12`` (PNG and
+PDF), which ``plot(workdir)`` redraws from the saved files alone.
 """
 
 from __future__ import annotations
@@ -73,9 +76,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     decay = config.moving_average_decay
     if not (isinstance(decay, int | float) and 0 <= decay < 1):
         raise ValueError(f"config.moving_average_decay must be in [0, 1); got {decay!r}")
-    c = config.cv_coefficient
-    if not (isinstance(c, int | float) and math.isfinite(c)):
-        raise ValueError(f"config.cv_coefficient must be a finite number; got {c!r}")
+    cv_coefficient(config)
+    _positive_int(config, "cv_coefficient_samples", minimum=2)
+    if not isinstance(config.progress, bool):
+        raise ValueError(f"config.progress must be True or False; got {config.progress!r}")
     if config.sweep not in SWEEPS:
         raise ValueError(f"config.sweep must be one of {SWEEPS}; got {config.sweep!r}")
     values = tuple(config.sweep_values)
@@ -101,6 +105,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.figures: fig8 and fig9 need config.variance_samples >= 2")
 
 
+def cv_coefficient(config: ml_collections.ConfigDict) -> float | str:
+    """``config.cv_coefficient`` as ``with_control_variate`` takes it: a float or ``"optimal"``.
+
+    Accepts a finite number, ``"optimal"``, or a finite number written as text (``"0.5"``, as
+    the command line gives it); anything else is a ``ValueError`` naming the value.
+    """
+    value = config.cv_coefficient
+    if isinstance(value, str):
+        if value.strip() == "optimal":
+            return "optimal"
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(
+            'config.cv_coefficient must be "optimal" or a finite number (e.g. "1.0"); '
+            f"got {config.cv_coefficient!r}"
+        )
+    return float(value)
+
+
 def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None) -> Settings:
     overrides = {config.sweep: value} if config.sweep else {}
     variance = config.variance_samples
@@ -116,25 +142,28 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
         eval_samples=config.eval_samples,
         variance_samples=variance,
         moving_average_decay=float(config.moving_average_decay),
-        cv_coefficient=float(config.cv_coefficient),
+        cv_coefficient=cv_coefficient(config),
+        cv_coefficient_samples=config.cv_coefficient_samples,
     )
 
 
-def _compile(settings: Settings, features, labels, keys, desc: str):
+def _compile(settings: Settings, features, labels, keys, desc: str, progress: bool):
     """Trace and compile one program; returns ``(compiled, progress holder, seconds)``.
 
-    The progress callback updates ``holder["bar"]``, a tqdm bar made when the program runs.
+    With ``progress`` the program calls back after every block to update ``holder["bar"]``, a
+    tqdm bar made when the program runs; without, the program has no callback.
     """
     holder: dict[str, Any] = {}
     # The callback runs once per block for all seeds together (it does not depend on the seed).
-    program = make_program(settings, progress=lambda _: holder["bar"].update(1))
+    callback = (lambda _: holder["bar"].update(1)) if progress else None
+    program = make_program(settings, progress=callback)
     start = time.perf_counter()
     compiled = program.lower(features, labels, keys).compile()
     return compiled, holder, time.perf_counter() - start
 
 
 def _train(
-    compiled, holder, settings: Settings, features, labels, keys, desc, allow_divergence
+    compiled, holder, settings: Settings, features, labels, keys, desc, allow_divergence, progress
 ) -> tuple[dict, float, list[int]]:
     """Run one compiled program; returns (numpy metrics, seconds, diverged seeds).
 
@@ -144,7 +173,11 @@ def _train(
     from tqdm import tqdm
 
     holder["bar"] = tqdm(
-        total=settings.steps // settings.eval_every, desc=desc, unit="block", file=sys.stderr
+        total=settings.steps // settings.eval_every,
+        desc=desc,
+        unit="block",
+        file=sys.stderr,
+        disable=not progress,
     )
     start = time.perf_counter()
     params, metrics = jax.block_until_ready(compiled(features, labels, keys))
@@ -169,16 +202,35 @@ def _train(
 
 
 def _final(metrics: dict, diverged: list[int], value: int | None, num_seeds: int) -> dict:
-    """Final values, mean (and sd) over the seeds that did not diverge."""
+    """Final values: mean over the ``seeds_averaged`` seeds that did not diverge, and the sample
+    sd (``ddof=1``) of the final ELBO over them when there are at least two."""
     ok = [s for s in range(num_seeds) if s not in diverged]
-    final: dict[str, Any] = {"value": value, "diverged_seeds": diverged}
+    final: dict[str, Any] = {
+        "value": value,
+        "num_seeds": num_seeds,
+        "seeds_averaged": len(ok),
+        "diverged_seeds": diverged,
+    }
     for name in ("elbo", "accuracy", "var_loc", "var_log_scale"):
         if name in metrics and ok:
             last = metrics[name][ok, -1]
             final[f"{name}_mean"] = float(last.mean())
-            if name == "elbo":
-                final["elbo_std"] = float(last.std())
+            if name == "elbo" and len(ok) > 1:
+                final["elbo_std"] = float(last.std(ddof=1))
     return final
+
+
+def _csv_rows(
+    variant: str, value: int | None, metrics: dict, diverged: list[int], num_seeds: int
+) -> list[str]:
+    """One ``finals.csv`` line per seed: its final ELBO and accuracy (``nan`` if diverged)."""
+    rows = []
+    for s in range(num_seeds):
+        bad = s in diverged
+        elbo = "nan" if bad else repr(float(metrics["elbo"][s, -1]))
+        acc = "nan" if bad else repr(float(metrics["accuracy"][s, -1]))
+        rows.append(f"{variant},{'' if value is None else value},{s},{int(bad)},{elbo},{acc}\n")
+    return rows
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -194,6 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         arrays["sweep_values"] = np.asarray(values)
     summary: dict[str, Any] = {"variants": {}, "timings": {}}
     finals: dict[str, list] = {v: [] for v in config.variants}
+    rows: list[str] = []
     jobs = []
     for variant in config.variants:
         for value in values:
@@ -204,7 +257,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     # already compiled: on a 2-core CPU, compiling overlaps with training.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         futures = [
-            pool.submit(_compile, settings, features, labels, keys, tag)
+            pool.submit(_compile, settings, features, labels, keys, tag, config.progress)
             for _, _, tag, settings in jobs
         ]
         try:
@@ -219,17 +272,24 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                     keys,
                     tag,
                     config.allow_divergence,
+                    config.progress,
                 )
                 for name, array in metrics.items():
                     arrays[f"{tag}/{name}"] = array
+                # [S] True for a seed whose training produced NaN/inf anywhere (the figures
+                # leave it out and count it).
+                arrays[f"{tag}/diverged"] = np.isin(np.arange(config.num_seeds), diverged)
+                rows += _csv_rows(variant, value, metrics, diverged, config.num_seeds)
                 summary["timings"][tag] = {
                     "compile_s": round(compile_s, 3),
                     "run_s": round(run_s, 3),
                 }
                 final = _final(metrics, diverged, value, config.num_seeds)
                 finals[variant].append(final)
+                kept = f"n = {final['seeds_averaged']}/{config.num_seeds}"
                 result = (
-                    f"final ELBO {final['elbo_mean']:10.2f} +- {final['elbo_std']:7.2f}  "
+                    f"final ELBO {final['elbo_mean']:10.2f} +- "
+                    f"{final.get('elbo_std', float('nan')):7.2f} ({kept})  "
                     f"accuracy {final['accuracy_mean']:.3f}"
                     if "elbo_mean" in final
                     else "diverged (all seeds)"
@@ -251,6 +311,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(workdir / "results.npz", buf.getvalue())
     write_json(workdir / "summary.json", summary)
+    header = f"variant,{config.sweep or 'sweep_value'},seed,diverged,final_elbo,final_accuracy\n"
+    atomic_write_bytes(workdir / "finals.csv", (header + "".join(rows)).encode())
     plot(workdir)
     return summary
 

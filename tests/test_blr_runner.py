@@ -1,17 +1,33 @@
-"""The BLR configs (fig8, fig9, fig11, fig12) at a tiny size, redrawing, and bad input."""
+"""The BLR configs (fig8, fig9, fig11, fig12) at a tiny size, redrawing, and bad input; the
+training step's moving-average baseline and control-variate coefficient; the figures' seed counts.
+"""
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import estimators
 import experiments
-from experiments import blr
+from experiments import _blr_plot, _blr_train, blr
+from experiments._blr_data import breast_cancer
+from models import logistic_regression as lr
 
 # N = 50 as in the paper: with a handful of samples the score function diverges in 20 steps.
-TINY = ["steps=20", "eval_every=10", "num_seeds=2", "eval_samples=16", "num_samples=50"]
+TINY = [
+    "steps=20",
+    "eval_every=10",
+    "num_seeds=2",
+    "eval_samples=16",
+    "num_samples=50",
+    "progress=false",
+]
 # The cheapest variants to compile (one compile per variant and sweep value); every variant's
 # gradient is tested in test_blr_model.py and runs through the runner in the slow test below.
 CASES = {
@@ -34,11 +50,12 @@ def tiny_config(name: str, extra: list[str] = ()):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_config_smoke(name, tmp_path):
+def test_config_smoke(name, tmp_path, capsys):
     config = tiny_config(name)
     workdir = tmp_path / name
     summary = experiments.run_experiment(config, workdir)
-    assert {"config.json", "run_info.json", "results.npz", "summary.json"} <= {
+    assert "block" not in capsys.readouterr().err  # progress=false: no progress bar
+    assert {"config.json", "run_info.json", "results.npz", "summary.json", "finals.csv"} <= {
         p.name for p in workdir.iterdir()
     }
     for fig in config.figures:
@@ -97,6 +114,9 @@ def test_all_variants_through_runner(tmp_path):
         ("figures=('fig10',)", "unknown figure"),
         ("figures=('fig11',)", "needs config.sweep"),
         ("variants=('pathwise',)", "fig8 needs"),
+        ("cv_coefficient=optimum", "cv_coefficient"),
+        ("cv_coefficient=nan", "cv_coefficient"),
+        ("cv_coefficient_samples=1", "cv_coefficient_samples"),
     ],
 )
 def test_bad_values_rejected_before_writing(override, message, tmp_path):
@@ -146,15 +166,281 @@ def test_corrupt_results_clear_error(tmp_path):
         experiments.redraw(workdir)
 
 
-def test_allowed_divergence_is_recorded_and_drawn(tmp_path):
-    """With allow_divergence (fig9's default), diverged seeds are NaN, named, and the figure is
-    still drawn from the seeds that remain."""
-    config = tiny_config("fig9", ["variants=('pathwise',)", "learning_rate=1e30"])
+def test_allowed_divergence_is_recorded_and_drawn(tmp_path, capsys):
+    """With allow_divergence (fig9's default), diverged seeds are NaN, flagged in results.npz and
+    finals.csv, named in summary.json, and the figure is still drawn (and redrawn) from them.
+    With progress=true (the default) a progress bar goes to stderr."""
+    config = tiny_config("fig9", ["variants=('pathwise',)", "learning_rate=1e30", "progress=true"])
     assert config.allow_divergence
     workdir = tmp_path / "run"
     experiments.run_experiment(config, workdir)
+    assert "pathwise" in capsys.readouterr().err  # the bar, described by the variant
     _, arrays = blr.load_results(workdir)
     assert not np.isfinite(arrays["pathwise/elbo"]).any()
+    assert arrays["pathwise/diverged"].tolist() == [True, True]
     summary = json.loads((workdir / "summary.json").read_text())
-    assert "[0, 1]" in json.dumps(summary)  # both seeds named as diverged
+    assert summary["variants"]["pathwise"]["diverged_seeds"] == [0, 1]
+    assert summary["variants"]["pathwise"]["seeds_averaged"] == 0
+    with open(workdir / "finals.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], r["seed"], r["diverged"]) for r in rows] == [
+        ("pathwise", "0", "1"),
+        ("pathwise", "1", "1"),
+    ]
     assert (workdir / "fig9.png").stat().st_size > 0
+    (workdir / "fig9.png").unlink()
+    experiments.redraw(workdir)
+    assert (workdir / "fig9.png").stat().st_size > 0
+
+
+# --- the training step: baseline read before its update; the control-variate coefficient ---
+
+
+def _step_inputs(labels_flipped: bool = False):
+    """Posterior parameters away from the prior, a minibatch of 32 rows and a fixed key."""
+    features, labels = breast_cancer()
+    k_loc, k_scale, k_idx = jax.random.split(jax.random.key(3), 3)
+    params = {
+        "loc": 0.2 * jax.random.normal(k_loc, (31,)),
+        "log_scale": -1.0 + 0.2 * jax.random.normal(k_scale, (31,)),
+    }
+    idx = jax.random.permutation(k_idx, features.shape[0])[:32]
+    labels = 1.0 - labels if labels_flipped else labels
+    return jnp.asarray(features), jnp.asarray(labels), params, idx, jax.random.key(11)
+
+
+def _settings(variant: str, overrides=()):
+    config = experiments.load_config("fig9")
+    experiments.apply_overrides(config, list(overrides))
+    return blr._settings(config, variant, None)
+
+
+def _score_and_costs(params, features, labels, key, num_samples, scale):
+    """The samples the estimator draws with ``key``, their costs ``[N]`` and their scores
+    (closed form for the diagonal Gaussian: d/dmu = (w - mu)/sigma^2, d/ds = (w - mu)^2/sigma^2
+    - 1), each ``[N, D]``."""
+    ws = estimators.draw_samples(lr.posterior(params), key, num_samples)
+    costs = jax.vmap(lambda w: lr.log_likelihood(w, features, labels, scale))(ws)
+    ws, loc = np.asarray(ws, np.float64), np.asarray(params["loc"], np.float64)
+    sigma = np.exp(np.asarray(params["log_scale"], np.float64))
+    z = (ws - loc[None]) / sigma[None]
+    score = {"loc": z / sigma[None], "log_scale": np.square(z) - 1.0}
+    return np.asarray(costs, np.float64), score
+
+
+def _implied_baseline(jac, costs, score) -> float:
+    """The b with jac = (f - b) * score, by least squares over every sample and coordinate."""
+    num = sum(((costs[:, None] * score[k] - np.asarray(jac[k])) * score[k]).sum() for k in jac)
+    return float(num / sum(np.square(score[k]).sum() for k in jac))
+
+
+def test_moving_average_baseline_is_read_before_its_update():
+    """One step from a known state (zero-debiased baseline -30, far from this step's mean cost):
+    the baseline the step's estimate uses is the OLD state's -30, whatever the step's costs (the
+    same step with the labels flipped, so different costs, uses -30 too); the state is updated
+    afterwards with those costs; the SGD step equals the independent computation with b = -30
+    and not the one with the updated baseline (that check's margin is printed in the assert)."""
+    settings = _settings("score_function_moving_average")
+    state = estimators.MovingAverage(jnp.asarray(-15.0), jnp.asarray(3), jnp.asarray(0.5))
+    b_old = float(estimators.moving_average_baseline(state))
+    assert b_old == -30.0
+    n, scale = settings.num_samples, 569 / settings.batch_size
+    for flipped in (False, True):
+        features, labels, params, idx, key = _step_inputs(flipped)
+        x, y = features[idx], labels[idx]
+        costs, score = _score_and_costs(params, x, y, key, n, scale)
+        jac, paired = jax.jit(
+            lambda p, s, x, y, k: _blr_train.jacobians(
+                settings, p, s, x, y, k, num_samples=n, scale=scale
+            )
+        )(params, state, x, y, key)
+        np.testing.assert_allclose(paired, costs, rtol=1e-6)  # the estimator's own samples
+        # Float32 per-sample rounding (~1e-7 x |f| ~ 1e-4) is far below 1e-2.
+        assert abs(_implied_baseline(jac, costs, score) - b_old) < 1e-2
+        assert abs(costs.mean() - b_old) > 100  # so a baseline that saw the costs would differ
+
+    # The whole step (labels as they are): new state and new params.
+    features, labels, params, idx, key = _step_inputs()
+    costs, score = _score_and_costs(params, features[idx], labels[idx], key, n, scale)
+    opt = _blr_train.optimizer(settings)
+    carry = _blr_train.Carry(params, opt.init(params), state)
+    step = jax.jit(lambda c, xs: _blr_train._train_step(settings, features, labels, c, xs))
+    new, _ = step(carry, (idx, key))
+    d = settings.moving_average_decay
+    np.testing.assert_allclose(new.moving_average.value, d * -15.0 + (1 - d) * costs.mean(), 1e-5)
+    np.testing.assert_allclose(new.moving_average.total_weight, d * 0.5 + (1 - d), 1e-6)
+    b_new = float(estimators.moving_average_baseline(new.moving_average))
+
+    def expected_params(b: float) -> dict[str, np.ndarray]:
+        # SGD's first step uses the initial learning rate; the KL gradient in closed form.
+        kl = {
+            "loc": np.asarray(params["loc"], np.float64),
+            "log_scale": np.exp(2 * np.asarray(params["log_scale"], np.float64)) - 1.0,
+        }
+        return {
+            k: np.asarray(params[k], np.float64)
+            - settings.learning_rate * (kl[k] - ((costs - b)[:, None] * score[k]).mean(axis=0))
+            for k in params
+        }
+
+    got = {k: np.asarray(v, np.float64) for k, v in new.params.items()}
+    want, wrong = expected_params(b_old), expected_params(b_new)
+    for k in got:
+        step = np.abs(want[k] - np.asarray(params[k])).max()
+        tol = 1e-4 * step + 1e-6  # float32 rounding of the mean of 50 per-sample terms
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=tol)
+        margin = np.abs(wrong[k] - want[k]).max()
+        assert margin > 100 * tol, (k, margin, tol)  # the wrong order would fail by far
+
+
+@pytest.mark.parametrize("text, coefficient", [("optimal", "optimal"), ("0.5", 0.5)])
+def test_cv_coefficient_reaches_the_control_variate(text, coefficient):
+    """``--config.cv_coefficient=optimal`` (or a number) is what with_control_variate receives:
+    the step's jacobians equal the library call with that coefficient (and 25 coefficient
+    samples), and differ from the coefficient-1 estimate."""
+    features, labels, params, idx, key = _step_inputs()
+    x, y = features[idx], labels[idx]
+    scale = 569 / 32
+    settings = _settings("pathwise_delta", [f"cv_coefficient={text}"])
+    assert settings.cv_coefficient == coefficient and settings.cv_coefficient_samples == 25
+    got, _ = jax.jit(
+        lambda p, k: _blr_train.jacobians(settings, p, None, x, y, k, num_samples=50, scale=scale)
+    )(params, key)
+
+    def cost(w):
+        return lr.log_likelihood(w, x, y, scale)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def library(c):
+        return estimators.with_control_variate(
+            estimators.pathwise,
+            cost,
+            estimators.delta_method(cost),
+            params,
+            lr.posterior,
+            key,
+            num_samples=50,
+            coefficient=c,
+            num_coefficient_samples=25,
+        )
+
+    want, plain = library(coefficient), library(1.0)
+    for k in got:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6 * np.abs(want[k]).max())
+        assert np.abs(np.asarray(got[k]) - plain[k]).max() > 1e-3 * np.abs(plain[k]).max()
+
+
+def test_cv_coefficient_forms():
+    """A float, "optimal", or a number as text; anything else names the key and the value."""
+    config = experiments.load_config("fig11")
+    assert blr.cv_coefficient(config) == 1.0  # the sweeps hold the number of samples fixed
+    experiments.apply_overrides(config, ["cv_coefficient=optimal"])
+    assert blr.cv_coefficient(config) == "optimal"
+    for bad in ("optimum", "inf", ""):
+        experiments.apply_overrides(config, [f"cv_coefficient={bad}"])
+        with pytest.raises(ValueError, match='cv_coefficient must be "optimal" or a finite'):
+            blr.validate(config)
+    assert blr.cv_coefficient(experiments.load_config("fig9")) == "optimal"
+
+
+# --- the figures: the seeds behind every point and curve ---
+
+
+def test_sweep_statistics_match_an_independent_computation():
+    """Mean and sample sd over the seeds that did not diverge, against numpy's nanmean and
+    nanstd(ddof=1) on the same values with the diverged entries set to NaN; n = 1 gives no sd."""
+    rng = np.random.default_rng(0)
+    finals = rng.normal(-70, 3, (5, 4))
+    ok = np.ones((5, 4), bool)
+    ok[[0, 1, 2], 1] = False  # n = 2
+    ok[:4, 2] = False  # n = 1
+    ok[:, 3] = False  # n = 0
+    finals[~ok] = np.where(rng.random((~ok).sum()) < 0.5, np.nan, np.inf)
+    stats = _blr_plot.sweep_statistics(finals, ok)
+    masked = np.where(ok, finals, np.nan)
+    assert stats["n"].tolist() == [5, 2, 1, 0]
+    np.testing.assert_allclose(stats["mean"][:3], np.nanmean(masked[:, :3], axis=0), 1e-12)
+    np.testing.assert_allclose(stats["sd"][:2], np.nanstd(masked[:, :2], axis=0, ddof=1), 1e-12)
+    assert np.isnan(stats["sd"][2:]).all() and np.isnan(stats["mean"][3])
+
+
+def _sweep_arrays(total: int = 5):
+    """Saved arrays of a fig11-like run: two variants, three N; score function keeps 5, 1 and
+    3 seeds (so its middle point is a single seed), pathwise keeps all."""
+    values = np.array([1, 10, 100])
+    arrays = {"steps": np.array([5000]), "sweep_values": values}
+    kept = {"score_function": [5, 1, 3], "pathwise": [5, 5, 5]}
+    for variant, ns in kept.items():
+        for v, n in zip(values, ns, strict=True):
+            elbo = -70.0 - np.arange(total, dtype=float)[:, None] - np.log10(v)
+            elbo[n:] = np.nan
+            arrays[f"{variant}/num_samples={v}/elbo"] = elbo
+            arrays[f"{variant}/num_samples={v}/diverged"] = np.arange(total) >= n
+    return arrays
+
+
+def test_sweep_figure_counts_seeds_and_draws_no_line_through_a_single_seed(monkeypatch, tmp_path):
+    """fig11 from saved arrays: the single-seed point is a hollow marker with no line segment
+    and no error bar through it, every point with fewer than 5 seeds is labelled n=k, the lower
+    panel counts the diverged seeds, and the title says what is averaged."""
+    figures = []
+    monkeypatch.setattr(_blr_plot, "save_figure", lambda fig, stem: figures.append(fig) or [])
+    config = experiments.load_config("fig11")
+    experiments.apply_overrides(config, ["variants=('score_function', 'pathwise')"])
+    _blr_plot.fig11(config, _sweep_arrays(), tmp_path / "fig11")
+    (fig,) = figures
+    ax, ax_div = fig.axes
+    assert "mean ± sd over the seeds that did not diverge" in ax.get_title()
+    assert "of 5 seeds per point" in ax.get_title()
+    mean_line = next(line for line in ax.lines if line.get_label() == "score function")
+    y = np.asarray(mean_line.get_ydata(), float)
+    assert np.isnan(y[1]) and np.isfinite(y[[0, 2]]).all()  # the line breaks at n = 1
+    hollow = [
+        line
+        for line in ax.lines
+        if line.get_markerfacecolor() == "white"
+        and len(line.get_xdata()) == 1
+        and line.get_label().startswith("_")
+    ]
+    assert len(hollow) == 1 and np.asarray(hollow[0].get_ydata())[0] == pytest.approx(-71.0)
+    bars = [c for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr]
+    bar_x = np.concatenate([np.asarray(c.lines[0].get_xdata()) for c in bars])
+    assert len(bar_x) == 5  # 2 score-function points (n = 5, 3) + 3 pathwise; none at n = 1
+    notes = sorted(t.get_text() for t in ax.texts)
+    assert notes == ["n=1", "n=3"]
+    diverged = {tuple(np.asarray(line.get_ydata()).tolist()) for line in ax_div.lines}
+    assert diverged == {(0, 4, 2), (0, 0, 0)}
+
+
+def test_curve_legend_gives_seed_counts_and_divergence(monkeypatch, tmp_path):
+    """fig9 from saved arrays: every legend entry says how many seeds its curve averages and
+    how many diverged, including a variant whose seeds all diverged."""
+    steps = np.array([10, 20])
+    arrays = {"steps": steps}
+    kept = {"score_function": 3, "pathwise": 5, "pathwise_delta": 1, "measure_valued": 0}
+    for variant, n in kept.items():
+        for name, shape in (
+            ("elbo", ()),
+            ("accuracy", ()),
+            ("var_loc", (31,)),
+            ("var_log_scale", (31,)),
+        ):
+            a = np.full((5, 2, *shape), 1.0) + np.arange(5.0).reshape(5, 1, *[1] * len(shape))
+            if name == "elbo":
+                a = -a
+            a[n:] = np.nan
+            arrays[f"{variant}/{name}"] = a
+        arrays[f"{variant}/diverged"] = np.arange(5) >= n
+    figures = []
+    monkeypatch.setattr(_blr_plot, "save_figure", lambda fig, stem: figures.append(fig) or [])
+    config = experiments.load_config("fig9")
+    experiments.apply_overrides(config, [f"variants={tuple(kept)!r}"])
+    _blr_plot.fig9(config, arrays, tmp_path / "fig9")
+    labels = figures[0].axes[1].get_legend_handles_labels()[1]
+    assert labels == [
+        "score function (n = 3 of 5 seeds, 2/5 diverged)",
+        "pathwise (n = 5 of 5 seeds)",
+        "pathwise + delta method (n = 1 of 5 seeds, 4/5 diverged)",
+        "measure-valued (coupled) (all 5 seeds diverged)",
+    ]
+    assert "mean over the n seeds that did not diverge" in figures[0]._suptitle.get_text()
