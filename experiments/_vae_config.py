@@ -74,4 +74,12 @@ def comparison(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.runner = "vae_compare"
     del config["estimator"]
     config.estimators = ESTIMATORS
+    # The variance protocol: every estimator at the SAME parameters, the reference estimator's
+    # run at the end of these epochs and of the last (an epoch past num_epochs means the last),
+    # on the same batch (grad_var_batch_size) with the same grad_var_num_estimates keys.
+    config.grad_var_reference = "pathwise"
+    config.grad_var_checkpoint_epochs = (1, 3)
+    # Stateful baselines (moving average, NVIL) are first warmed up for this many steps at the
+    # checkpoint's fixed parameters, on random training batches drawn with the same keys.
+    config.grad_var_warmup_steps = 500
     return config

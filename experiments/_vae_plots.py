@@ -82,7 +82,7 @@ def plot_run(workdir: Path, config: dict[str, Any], rows: list[dict[str, Any]]) 
 
 
 def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: str) -> list[Path]:
-    """ELBO curves and gradient-variance curves of several estimators, one plot each."""
+    """ELBO curves, and each run's gradient variance at its OWN parameters, one plot each."""
     plt = _pyplot()
     paths = []
     finals = {
@@ -111,16 +111,77 @@ def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: 
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
     for name, rows in runs.items():
-        gv = [(r["epoch"], r["grad_var_mean"]) for r in rows if "grad_var_mean" in r]
+        gv = [
+            (
+                r["epoch"],
+                r["own_params_grad_var_per_sample"],
+                r["own_params_grad_var_per_sample_se"],
+            )
+            for r in rows
+            if "own_params_grad_var_per_sample" in r
+        ]
         if gv:
-            ax.semilogy(*zip(*gv, strict=True), "o-", ms=3, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("encoder gradient variance, mean over coordinates")
-    ax.set_title(f"{title}: variance of the encoder's gradient estimate")
-    ax.legend(fontsize=8)
+            ep, v, se = (np.asarray(c) for c in zip(*gv, strict=True))
+            n = rows[-1].get("own_params_grad_var_num_estimates", "?")
+            label = f"{name} (M = {n})" + (" †" if name == "iwae" else "")
+            ax.errorbar(ep, v, yerr=se, fmt="o-", ms=3, capsize=2, label=label)
+            drawn = True
+    if drawn:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch of each run's own training")
+    ax.set_ylabel("per-sample variance of the encoder gradient\n(trace, × K), ± jackknife SE")
+    ax.set_title(
+        f"{title}: at each run's OWN parameters and baseline state\n"
+        "(not comparable across estimators; † iwae: gradient of the IWAE bound)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
-    paths += save_figure(fig, Path(workdir) / "grad_variance_curves")
+    paths += save_figure(fig, Path(workdir) / "grad_variance_own_params")
+    plt.close(fig)
+    return paths
+
+
+def plot_protocol_variance(workdir: Path, protocol: dict[str, Any], *, title: str) -> list[Path]:
+    """``grad_variance``: every estimator's per-sample variance (± jackknife SE) at the SAME
+    parameters, the reference run's checkpoints (``vae_compare``'s protocol)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    names = list(dict.fromkeys(r["estimator"] for r in protocol["rows"]))
+    for name in names:
+        rows = [r for r in protocol["rows"] if r["estimator"] == name and r["finite"]]
+        if not rows:
+            continue
+        ep = np.asarray([r["epoch"] for r in rows])
+        v = np.asarray([r["per_sample_variance"] for r in rows])
+        se = np.asarray([r["per_sample_variance_se"] for r in rows])
+        other = rows[0]["objective"] != "ELBO"
+        label = f"{name}, K = {rows[0]['samples_per_example']}"
+        label += " († IWAE-bound gradient: other objective)" if other else ""
+        ax.errorbar(
+            ep,
+            v,
+            yerr=se,
+            fmt="s--" if other else "o-",
+            ms=4,
+            capsize=3,
+            label=label,
+            alpha=0.6 if other else 1.0,
+        )
+    ax.set_yscale("log")
+    ax.set_xticks(protocol["checkpoint_epochs"])
+    ax.set_xlabel(f"checkpoint: end of epoch of the {protocol['reference']} run")
+    ax.set_ylabel("per-sample variance of one encoder-gradient\nestimate (trace, × K), ± SE")
+    ax.set_title(
+        f"{title}: every estimator at the same parameters, batch of {protocol['batch_size']} "
+        f"and keys\n{protocol['num_estimates']} estimates each; SE: jackknife",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    paths = save_figure(fig, Path(workdir) / "grad_variance")
     plt.close(fig)
     return paths
 

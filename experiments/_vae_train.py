@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -35,6 +36,8 @@ Array = jax.Array
 PyTree = Any
 
 MULTI_SAMPLE = ("score_function_loo", "iwae")  # use config.num_samples = K > 1 samples
+STATEFUL = ("score_function_moving_average", "score_function_nvil")  # baselines with a state
+OTHER_OBJECTIVE = ("iwae",)  # the gradient of the IWAE bound, not of the ELBO
 
 
 class TrainingDiverged(ValueError):
@@ -159,8 +162,12 @@ def _baseline_values(setup: Setup, state: PyTree, xs: Array) -> Array:
 
 def batch_loss(
     setup: Setup, params: PyTree, state: PyTree, xs: Array, key: Array
-) -> tuple[Array, Array]:
-    """Mean surrogate loss over a batch ``xs: [B, D]`` and the per-example costs ``[B]``."""
+) -> tuple[Array, tuple[Array, Array]]:
+    """Mean surrogate loss over a batch ``xs: [B, D]`` and ``(costs [B], baselines [B])``.
+
+    ``costs`` are the per-example stopped costs; ``baselines`` the per-example baselines the
+    estimate used, read from ``state`` (zeros for estimators without one).
+    """
     model = nnx.merge(setup.graphdef, params)
     baselines = _baseline_values(setup, state, xs)
     keys = jax.random.split(key, xs.shape[0])
@@ -169,18 +176,18 @@ def batch_loss(
             model, x, k, b, estimator=setup.estimator, num_samples=setup.num_samples
         )
     )(xs, keys, baselines)
-    return jnp.mean(losses), costs
+    return jnp.mean(losses), (costs, baselines)
 
 
-def train_step(setup: Setup, state: PyTree, xs: Array, key: Array) -> tuple[PyTree, Array]:
-    """One Adam step on a batch ``xs: [B, D]`` (already binary); returns (state, loss ``[]``)."""
-    (loss, costs), grads = jax.value_and_grad(
-        lambda p: batch_loss(setup, p, state, xs, key), has_aux=True
-    )(state["params"])
-    updates, opt = setup.optimizer.update(grads, state["opt"], state["params"])
-    new = dict(state)
-    new["params"] = optax.apply_updates(state["params"], updates)
-    new["opt"] = opt
+def _update_baselines(setup: Setup, state: PyTree, xs: Array, costs: Array) -> dict[str, Any]:
+    """The baseline state after the batch ``xs: [B, D]`` with stopped costs ``costs: [B]``.
+
+    Called only AFTER the batch's estimate was formed with :func:`_baseline_values` of ``state``
+    (the old state), so no baseline depends on the costs it is paired with. NVIL's network
+    regresses ``costs - old moving average`` on ``x`` (one Adam step); the moving average then
+    folds in the batch's mean cost. Returns ``{"ma", "bparams", "bopt"}``.
+    """
+    out = {"ma": state["ma"], "bparams": state["bparams"], "bopt": state["bopt"]}
     if setup.estimator == "score_function_nvil":
         ma = estimators.moving_average_baseline(state["ma"])
 
@@ -190,10 +197,35 @@ def train_step(setup: Setup, state: PyTree, xs: Array, key: Array) -> tuple[PyTr
 
         bgrads = jax.grad(regression)(state["bparams"])
         bupd, bopt = setup.baseline_optimizer.update(bgrads, state["bopt"], state["bparams"])
-        new["bparams"] = optax.apply_updates(state["bparams"], bupd)
-        new["bopt"] = bopt
-    new["ma"] = estimators.moving_average_update(state["ma"], costs, decay=setup.ma_decay)
+        out["bparams"] = optax.apply_updates(state["bparams"], bupd)
+        out["bopt"] = bopt
+    out["ma"] = estimators.moving_average_update(state["ma"], costs, decay=setup.ma_decay)
+    return out
+
+
+def train_step_with_aux(
+    setup: Setup, state: PyTree, xs: Array, key: Array
+) -> tuple[PyTree, Array, dict[str, Array]]:
+    """:func:`train_step`, also returning ``{"baselines": [B], "costs": [B]}`` of the batch.
+
+    ``baselines`` are the per-example baselines the estimate used (read from the OLD state,
+    before the batch's costs update it); ``costs`` the batch's stopped costs.
+    """
+    (loss, (costs, baselines)), grads = jax.value_and_grad(
+        lambda p: batch_loss(setup, p, state, xs, key), has_aux=True
+    )(state["params"])
+    updates, opt = setup.optimizer.update(grads, state["opt"], state["params"])
+    new = dict(state)
+    new["params"] = optax.apply_updates(state["params"], updates)
+    new["opt"] = opt
+    new.update(_update_baselines(setup, state, xs, costs))
     new["step"] = state["step"] + 1
+    return new, loss, {"baselines": baselines, "costs": costs}
+
+
+def train_step(setup: Setup, state: PyTree, xs: Array, key: Array) -> tuple[PyTree, Array]:
+    """One Adam step on a batch ``xs: [B, D]`` (already binary); returns (state, loss ``[]``)."""
+    new, loss, _ = train_step_with_aux(setup, state, xs, key)
     return new, loss
 
 
@@ -231,12 +263,21 @@ def make_train_epoch(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyT
 
 
 def make_grad_variance(setup: Setup, num_estimates: int) -> Callable[..., dict[str, Array]]:
-    """Jitted ``(state, xs [B, D], key) -> {"mean": [], "trace": []}``.
+    r"""Jitted ``(state, xs [B, D], key) -> dict``: the variance of ONE encoder-gradient estimate.
 
-    ``num_estimates`` independent estimates of the gradient of the batch loss with respect to
-    the ENCODER's weights, at fixed parameters and a fixed (binary) batch; returns the
-    per-coordinate variance (ddof 1) averaged over coordinates, and summed (the trace of the
-    covariance).
+    Draws ``M = num_estimates`` independent estimates :math:`g_m \in \mathbb{R}^P` of the
+    gradient, with respect to the ENCODER's ``P`` weights, of the batch loss at fixed ``state``
+    (parameters and baseline state) on a fixed binary batch ``xs``. Estimate ``m`` uses
+    ``jax.random.split(key, M)[m]`` (split again over the batch's examples, as in training).
+    With :math:`\bar g` their mean and :math:`d_m = \|g_m - \bar g\|^2`, returns
+
+      ``trace``  :math:`T = \sum_m d_m / (M - 1)`, the unbiased estimate of
+                 :math:`\operatorname{tr}\operatorname{Cov}[g] = E\|g - E g\|^2` ``[]``;
+      ``sq_dev`` the :math:`d_m` ``[M]`` (for jackknife standard errors of ``T`` and of ratios,
+                 see :func:`variance_summary`);
+      ``mean_grad_norm`` :math:`\|\bar g\|` ``[]``.
+
+    Memory ``O(M P)``: the estimates are drawn one at a time (``lax.map``) and kept.
     """
 
     def one(state, xs, key):
@@ -246,10 +287,98 @@ def make_grad_variance(setup: Setup, num_estimates: int) -> Callable[..., dict[s
     def variance(state, xs, key):
         keys = jax.random.split(key, num_estimates)
         g = jax.lax.map(lambda k: one(state, xs, k), keys)  # [M, P], one estimate at a time
-        var = jnp.var(g, axis=0, ddof=1)
-        return {"mean": jnp.mean(var), "trace": jnp.sum(var)}
+        mean = jnp.mean(g, axis=0)
+        sq_dev = jnp.sum(jnp.square(g - mean[None, :]), axis=1)
+        return {
+            "trace": jnp.sum(sq_dev) / (num_estimates - 1),
+            "sq_dev": sq_dev,
+            "mean_grad_norm": jnp.linalg.norm(mean),
+        }
 
     return jax.jit(variance)
+
+
+def jackknife_trace(sq_dev: Any) -> tuple[np.ndarray, float]:
+    r"""Leave-one-out traces ``[M]`` and the full-sample trace from ``sq_dev`` ``[M]`` (float64).
+
+    Dropping estimate ``i`` lowers the sum of squares about the mean by :math:`\frac{M}{M-1}
+    d_i`, so :math:`T_{-i} = (\sum_m d_m - \frac{M}{M-1} d_i) / (M - 2)` (needs ``M >= 3``).
+    """
+    d = np.asarray(sq_dev, np.float64)
+    m = d.size
+    if m < 3:
+        raise ValueError(f"the jackknife needs at least 3 estimates; got {m}")
+    return (d.sum() - m / (m - 1) * d) / (m - 2), float(d.sum() / (m - 1))
+
+
+def _jackknife_se(leave_one_out: np.ndarray) -> float:
+    m = leave_one_out.size
+    return float(np.sqrt((m - 1) / m * np.sum(np.square(leave_one_out - leave_one_out.mean()))))
+
+
+def variance_summary(sq_dev: Any, samples_per_example: int) -> dict[str, float | int]:
+    """The variance of one estimate and per sample (``x K``), each with its jackknife SE.
+
+    ``samples_per_example`` is ``K``, the cost evaluations per example behind one estimate: the
+    per-sample variance ``K T`` charges a ``K``-sample estimator for its ``K`` evaluations (it
+    is the variance of one estimate at the cost of a single-sample one).
+    """
+    loo, trace = jackknife_trace(sq_dev)
+    se = _jackknife_se(loo)
+    k = int(samples_per_example)
+    return {
+        "variance": trace,
+        "variance_se": se,
+        "per_sample_variance": k * trace,
+        "per_sample_variance_se": k * se,
+        "samples_per_example": k,
+        "num_estimates": int(loo.size),
+    }
+
+
+def variance_ratio(
+    sq_dev: Any, k: int, reference_sq_dev: Any, reference_k: int
+) -> tuple[float, float]:
+    """Per-sample variance over the reference's, with a paired jackknife SE.
+
+    Estimate ``m`` of both used the same key and batch, so the two sets are paired: leaving out
+    estimate ``m`` leaves it out of both.
+    """
+    loo, t = jackknife_trace(sq_dev)
+    loo_ref, t_ref = jackknife_trace(reference_sq_dev)
+    if loo.size != loo_ref.size:
+        raise ValueError(f"paired estimates differ in number: {loo.size} vs {loo_ref.size}")
+    scale = k / reference_k
+    return float(scale * t / t_ref), _jackknife_se(scale * loo / loo_ref)
+
+
+def make_warm_baselines(setup: Setup, num_steps: int, batch_size: int):
+    """Jitted ``(state, train [N, D], key) -> state``: the baseline state warmed at fixed params.
+
+    ``num_steps`` steps, each on a batch of ``batch_size`` random training images (binarised
+    with its own key when ``setup.dynamic``): the estimate's costs are formed with the current
+    baseline state, then :func:`_update_baselines` updates it, exactly as in training, but the
+    VAE's parameters stay fixed. For a stateless estimator the state comes back unchanged.
+    """
+
+    def warm(state, train, key):
+        if setup.estimator not in STATEFUL:
+            return state
+
+        def body(st, k):
+            k_idx, k_bin, k_est = jax.random.split(k, 3)
+            xs = train[jax.random.randint(k_idx, (batch_size,), 0, train.shape[0])]
+            if setup.dynamic:
+                xs = jax.random.bernoulli(k_bin, xs).astype(xs.dtype)
+            _, (costs, _) = batch_loss(setup, st["params"], st, xs, k_est)
+            new = dict(st)
+            new.update(_update_baselines(setup, st, xs, costs))
+            return new, None
+
+        state, _ = jax.lax.scan(body, state, jax.random.split(key, num_steps))
+        return state
+
+    return jax.jit(warm)
 
 
 def make_log_likelihood(graphdef, *, ll_num_samples: int, ll_chunk_size: int, batch: int = 8):

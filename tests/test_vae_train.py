@@ -63,9 +63,13 @@ def test_digits_training_lowers_the_loss_and_writes_everything(tmp_path):
     assert len(rows) == 6 and rows[-1]["step"] == 6 * (1500 // 50)
     # Loss of the last epoch well below the first (a 64-pixel image starts near 44 nats).
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 3
-    assert np.isfinite(results["test_log_likelihood"]) and results["grad_var_mean"] > 0
-    for name in ("samples", "reconstructions", "manifold", "elbo_curves", "grad_variance_curves"):
+    assert np.isfinite(results["test_log_likelihood"])
+    # First epoch, every grad_var_every_epochs = 2, the last.
+    assert [r["epoch"] for r in rows if "own_params_grad_var_per_sample" in r] == [1, 2, 4, 6]
+    assert all(r.get("own_params_grad_var_per_sample", 1) > 0 for r in rows)
+    for name in ("samples", "reconstructions", "manifold", "elbo_curves"):
         assert (tmp_path / "run" / f"{name}.png").exists(), name
+    assert (tmp_path / "run" / "grad_variance_own_params.png").exists()
     (tmp_path / "run" / "samples.png").unlink()
     from experiments import redraw
 
@@ -189,22 +193,187 @@ def test_compare_configs_smoke(tmp_path):
         vae_compare.validate(_config("vae_compare", "estimators=('pathwise', 'nvil')"))
 
 
-def test_gradient_variance_trace_is_mean_times_number_of_encoder_weights():
-    """The two summaries of the variance measurement are consistent."""
-    config = _config("vae_digits")
-    pieces, state = _vae_train.init_state(config, 64, jax.random.key(0))
+def _tiny_setup(estimator: str, num_samples: int = 1, seed: int = 0):
+    """A 64-16-2 VAE (digits sizes) and its initial state; ``ma_decay`` 0.9."""
+    config = _config("vae_digits", f"estimator={estimator}", "hidden=(16,)", "latent_dim=2")
+    pieces, state = _vae_train.init_state(config, 64, jax.random.key(seed))
     setup = _vae_train.Setup(
-        estimator="pathwise",
-        num_samples=1,
+        estimator=estimator,
+        num_samples=num_samples,
         batch_size=8,
         num_batches=1,
         dynamic=False,
         ma_decay=0.9,
         **pieces,
     )
-    xs = jnp.ones((8, 64))
-    gv = _vae_train.make_grad_variance(setup, 4)(state, xs, jax.random.key(1))
-    assert float(gv["mean"]) > 0 and float(gv["trace"]) == pytest.approx(
-        float(gv["mean"]) * sum(x.size for x in jax.tree.leaves(state["params"]["encoder"])),
-        rel=1e-4,
+    return setup, state
+
+
+def _binary_batch(seed: int, n: int = 8) -> jax.Array:
+    return jax.random.bernoulli(jax.random.key(seed), 0.3, (n, 64)).astype(jnp.float32)
+
+
+def _direct_estimates(setup, state, xs, key, num_estimates: int) -> np.ndarray:
+    """``[M, P]`` encoder-gradient estimates, written out here: estimate ``m`` is the batch mean
+    of ``jax.grad`` of the per-example surrogate, example ``b`` with key ``split(k_m, B)[b]``."""
+    from flax import nnx
+
+    baseline = float(jnp.mean(_vae_train._baseline_values(setup, state, xs)))
+
+    @jax.jit
+    def example_grad(x, k):
+        def loss(params):
+            model = nnx.merge(setup.graphdef, params)
+            return _vae_train._example_loss(
+                model,
+                x,
+                k,
+                jnp.asarray(baseline),
+                estimator=setup.estimator,
+                num_samples=setup.num_samples,
+            )[0]
+
+        g = jax.grad(loss)(state["params"])["encoder"]
+        return jnp.concatenate([v.ravel() for v in jax.tree.leaves(g)])
+
+    out = []
+    for k_m in jax.random.split(key, num_estimates):
+        keys = jax.random.split(k_m, xs.shape[0])
+        per_example = [np.asarray(example_grad(xs[b], keys[b]), np.float64) for b in range(len(xs))]
+        out.append(np.mean(per_example, axis=0))
+    return np.stack(out)
+
+
+def _numpy_trace_and_jackknife(g: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """Trace of the sample covariance (ddof 1), the leave-one-out traces by deletion, their SE."""
+    m = len(g)
+    trace = float(np.var(g, axis=0, ddof=1).sum())
+    loo = np.array([np.var(np.delete(g, i, axis=0), axis=0, ddof=1).sum() for i in range(m)])
+    return trace, loo, float(np.sqrt((m - 1) / m * np.sum((loo - loo.mean()) ** 2)))
+
+
+def test_protocol_variance_value_and_k_normalisation_match_an_independent_computation():
+    """The reported variance of one estimate, its per-sample value (x K) and their jackknife SEs
+    equal numpy's on M estimates computed here with jax.grad of the per-example surrogate (same
+    keys); so does the paired ratio to pathwise. Tolerances are float32 rounding (the two sides
+    see the same draws, so no sampling error enters): a ddof of 0 (factor M/(M-1) = 1.09), a
+    missing K (factor 3) or a wrong SE formula is off by far more than 1e-3."""
+    m, k = 12, 3
+    xs, key = _binary_batch(5), jax.random.key(7)
+    sq = {}
+    for estimator, samples in (("pathwise", 1), ("score_function_loo", k)):
+        setup, state = _tiny_setup(estimator, samples)
+        reported = _vae_train.make_grad_variance(setup, m)(state, xs, key)
+        summary = _vae_train.variance_summary(reported["sq_dev"], setup.num_samples)
+        g = _direct_estimates(setup, state, xs, key, m)
+        trace, loo, se = _numpy_trace_and_jackknife(g)
+        assert summary["num_estimates"] == m and summary["samples_per_example"] == samples
+        assert summary["variance"] == pytest.approx(trace, rel=1e-3)
+        assert summary["variance_se"] == pytest.approx(se, rel=1e-3)
+        # K-normalisation: per sample = K x the variance of one K-sample estimate (numpy's).
+        assert summary["per_sample_variance"] == pytest.approx(samples * trace, rel=1e-3)
+        assert summary["per_sample_variance_se"] == pytest.approx(samples * se, rel=1e-3)
+        sq[estimator] = (reported["sq_dev"], loo, trace)
+    ratio, ratio_se = _vae_train.variance_ratio(
+        sq["score_function_loo"][0], k, sq["pathwise"][0], 1
     )
+    loo_ratio = k * sq["score_function_loo"][1] / sq["pathwise"][1]
+    exact = k * sq["score_function_loo"][2] / sq["pathwise"][2]
+    assert ratio == pytest.approx(exact, rel=1e-3)
+    assert ratio_se == pytest.approx(
+        np.sqrt((m - 1) / m * np.sum((loo_ratio - loo_ratio.mean()) ** 2)), rel=1e-3
+    )
+    with pytest.raises(ValueError, match="at least 3 estimates"):
+        _vae_train.variance_summary(np.ones(2), 1)
+
+
+@pytest.mark.parametrize("estimator", ["score_function_moving_average", "score_function_nvil"])
+def test_vae_loop_reads_the_baseline_before_updating_it(estimator):
+    """Deterministic: the baseline a train_step's estimate uses is the OLD state's value, and the
+    state is then updated with that batch's costs; changing the batch's costs (through the
+    decoder) leaves the baseline used for it unchanged. A loop that updated first would use
+    moving_average_baseline(update(old, costs)), which the last assert shows differs."""
+    from flax import nnx
+
+    import estimators
+
+    setup, state = _tiny_setup(estimator)
+    state = dict(state)
+    state["ma"] = estimators.MovingAverage(
+        jnp.asarray(3.0), jnp.asarray(4, jnp.int32), jnp.asarray(0.4)
+    )  # zero-debiased value 3.0 / 0.4 = 7.5
+    xs = _binary_batch(3)
+    old = 7.5
+    if estimator == "score_function_nvil":
+        bnet = nnx.merge(setup.baseline_graphdef, state["bparams"])
+        old = 7.5 + np.asarray(bnet(xs)[:, 0])
+    step = jax.jit(lambda s, x, k: _vae_train.train_step_with_aux(setup, s, x, k))
+    new, _, aux = step(state, xs, jax.random.key(2))
+    np.testing.assert_allclose(np.asarray(aux["baselines"]), np.broadcast_to(old, (8,)), rtol=1e-6)
+    expected_ma = estimators.moving_average_update(state["ma"], aux["costs"], decay=0.9)
+    for a, b in zip(new["ma"], expected_ma, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+    shifted = dict(state)
+    shifted["params"] = jax.tree.map(lambda v: v, state["params"])
+    dec = shifted["params"]["decoder"]
+    leaves, treedef = jax.tree.flatten(dec)
+    shifted["params"]["decoder"] = jax.tree.unflatten(treedef, [v + 0.5 for v in leaves])
+    _, _, aux2 = step(shifted, xs, jax.random.key(2))
+    assert np.min(np.abs(np.asarray(aux2["costs"] - aux["costs"]))) > 1e-3  # other costs
+    np.testing.assert_array_equal(np.asarray(aux2["baselines"]), np.asarray(aux["baselines"]))
+    # The check has power against update-then-read: that order would use another value.
+    updated_first = float(estimators.moving_average_baseline(new["ma"]))
+    assert abs(updated_first - 7.5) > 1e-2
+
+
+def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
+    tmp_path, monkeypatch
+):
+    """The protocol's rows of one checkpoint share the parameters' hash, the batch's hash and
+    the key; the replayed reference equals the pathwise run's final checkpoint bit for bit; a
+    diverged run is reported as diverged (and still measured under the protocol)."""
+    real = vae.run
+
+    def nvil_diverges(config, workdir, resume=False):
+        if config.estimator == "score_function_nvil":
+            raise _vae_train.TrainingDiverged("loss is nan at step 3 (epoch 1)")
+        return real(config, workdir, resume=resume)
+
+    monkeypatch.setattr(vae, "run", nvil_diverges)
+    config = _config(
+        "vae_compare_digits",
+        "num_epochs=2",
+        "estimators=('pathwise', 'score_function_nvil')",
+        "grad_var_checkpoint_epochs=(1,)",
+        "grad_var_warmup_steps=5",
+        "grad_var_num_estimates=4",
+    )
+    out = run_experiment(config, tmp_path / "cmp")
+    assert out["runs"][1] == {
+        "estimator": "score_function_nvil",
+        "diverged": True,
+        "message": "loss is nan at step 3 (epoch 1)",
+        "num_samples": 1,
+        "epochs": 0,
+    }
+    protocol = json.loads((tmp_path / "cmp" / "grad_variance.json").read_text())
+    assert protocol["checkpoint_epochs"] == [1, 2] and protocol["replay_matches_reference_run"]
+    by_epoch = {e: [r for r in protocol["rows"] if r["epoch"] == e] for e in (1, 2)}
+    for rows in by_epoch.values():
+        assert [r["estimator"] for r in rows] == ["pathwise", "score_function_nvil"]
+        for key in ("params_sha256", "batch_sha256", "key_data", "num_estimates"):
+            assert rows[0][key] == rows[1][key], key
+        assert rows[1]["baseline_warmup_steps"] == 5 and rows[1]["per_sample_variance"] > 0
+    assert by_epoch[1][0]["params_sha256"] != by_epoch[2][0]["params_sha256"]
+    assert by_epoch[1][0]["key_data"] != by_epoch[2][0]["key_data"]
+    # The last checkpoint's hash is that of the pathwise run's own final parameters.
+    _, state = _tiny_setup("pathwise")
+    restored, _ = vae._restore(vae._manager(tmp_path / "cmp" / "pathwise"), state)
+    assert vae_compare._sha256(restored["params"]) == by_epoch[2][0]["params_sha256"]
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "| score_function_nvil | 1 | diverged in epoch 1 | — | — |" in table
+    assert (tmp_path / "cmp" / "grad_variance.png").exists()
+    # --resume reuses everything: finished, diverged and the protocol.
+    again = run_experiment(config, tmp_path / "cmp", resume=True)
+    assert again["grad_variance"] == protocol and again["runs"][1]["diverged"]

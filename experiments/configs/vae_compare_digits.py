@@ -9,4 +9,5 @@ def get_config() -> ml_collections.ConfigDict:
     config = comparison(digits_config())
     config.num_epochs = 150
     config.grad_var_every_epochs = 15
+    config.grad_var_checkpoint_epochs = (1, 15)
     return config
