@@ -205,6 +205,27 @@ def sweep_statistics(finals: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray
     return {"n": n, "mean": mean, "sd": sd}
 
 
+def _sweep_limits(all_stats: list[dict[str, np.ndarray]]) -> tuple[float, float]:
+    """ELBO axis limits: every point of two seeds or more with its error bar, plus a margin;
+    single-seed points widen the axis only up to 3 times that range (beyond it, they are drawn
+    at the edge). ``(-inf, inf)`` if no point has two seeds."""
+    lows, highs, singles = [], [], []
+    for stats in all_stats:
+        several = stats["n"] >= 2
+        lows += list(stats["mean"][several] - stats["sd"][several])
+        highs += list(stats["mean"][several] + stats["sd"][several])
+        singles += list(stats["mean"][stats["n"] == 1])
+    if not lows:
+        return -np.inf, np.inf
+    low, high = min(lows), max(highs)
+    span = max(high - low, 1e-3)
+    reach_low, reach_high = low - 3 * span, high + 3 * span
+    low = min([low] + [v for v in singles if v >= reach_low])
+    high = max([high] + [v for v in singles if v <= reach_high])
+    margin = 0.06 * (high - low) or 0.5
+    return low - margin, high + margin
+
+
 def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> list[Path]:
     """Final ELBO against the swept value, with the seeds behind each point and the divergences.
 
@@ -220,14 +241,17 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
         2, 1, figsize=(7, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.1]}
     )
     width = 0.03
+    points = {}
     for i, variant in enumerate(config.variants):
         tags = [f"{variant}/{config.sweep}={v}" for v in values]
         finals = np.stack([arrays[f"{t}/elbo"][:, -1] for t in tags], axis=1)  # [S, V]
         ok = np.stack([_ok(arrays, t) for t in tags], axis=1)  # [S, V]
-        stats = sweep_statistics(finals, ok)
-        n, mean, sd = stats["n"], stats["mean"], stats["sd"]
         # Small horizontal offsets keep the error bars of different variants apart.
         x = values * (1 + width * (i - (len(config.variants) - 1) / 2))
+        points[variant] = (x, sweep_statistics(finals, ok))
+    low, high = _sweep_limits([stats for _, stats in points.values()])
+    for variant, (x, stats) in points.items():
+        n, mean, sd = stats["n"], stats["mean"], stats["sd"]
         color, style = COLORS[variant], STYLES.get(variant, "-")
         several = n >= 2
         # NaN breaks the line: it runs only between neighbouring points of >= 2 seeds.
@@ -244,14 +268,28 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
         ax.errorbar(
             x[several], mean[several], yerr=sd[several], color=color, ls="none", capsize=2, lw=1.0
         )
+        # A single seed: an isolated hollow marker; one off the scale of the multi-seed points
+        # is drawn at the edge as a triangle pointing to it, its value written beside it.
         single = n == 1
-        ax.plot(
-            x[single], mean[single], ls="none", marker="o", ms=6, mfc="white", mec=color, mew=1.3
-        )
-        for xi, yi, ni in zip(x, mean, n, strict=True):
+        shown = np.clip(mean, low, high)
+        off = single & (mean != shown)
+        below, above = off & (mean < low), off & (mean > high)
+        for where, marker in ((single & ~off, "o"), (below, "v"), (above, "^")):
+            ax.plot(
+                x[where],
+                shown[where],
+                ls="none",
+                marker=marker,
+                ms=6,
+                mfc="white",
+                mec=color,
+                mew=1.3,
+            )
+        for xi, yi, ni, mi, o in zip(x, shown, n, mean, off, strict=True):
             if 0 < ni < total:
+                note = f"n={ni}: {mi:.0f} (off scale)" if o else f"n={ni}"
                 ax.annotate(
-                    f"n={ni}",
+                    note,
                     (xi, yi),
                     xytext=(3, 3),
                     textcoords="offset points",
@@ -259,6 +297,8 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
                     color=color,
                 )
         ax_div.plot(x, total - n, color=color, ls=style, lw=1.0, marker="o", ms=3)
+    if np.isfinite([low, high]).all():
+        ax.set_ylim(low, high)
     ax.plot(
         [],
         [],

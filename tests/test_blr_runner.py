@@ -412,6 +412,25 @@ def test_sweep_figure_counts_seeds_and_draws_no_line_through_a_single_seed(monke
     assert diverged == {(0, 4, 2), (0, 0, 0)}
 
 
+def test_sweep_figure_draws_a_far_single_seed_at_the_edge(monkeypatch, tmp_path):
+    """A single seed that ended far below every other point (fig11's score function + delta
+    method at N = 1 ended at -9672) does not squash the axis: it is a triangle at the bottom
+    edge with its value written beside it, and the axis spans the multi-seed points."""
+    arrays = _sweep_arrays()
+    arrays["score_function/num_samples=10/elbo"][0, -1] = -9672.0
+    figures = []
+    monkeypatch.setattr(_blr_plot, "save_figure", lambda fig, stem: figures.append(fig) or [])
+    config = experiments.load_config("fig11")
+    experiments.apply_overrides(config, ["variants=('score_function', 'pathwise')"])
+    _blr_plot.fig11(config, arrays, tmp_path / "fig11")
+    ax = figures[0].axes[0]
+    low, high = ax.get_ylim()
+    assert -80 < low < -74 and -71 < high < -69  # the n >= 2 points with their bars
+    (edge,) = [line for line in ax.lines if line.get_marker() == "v" and len(line.get_xdata())]
+    assert np.asarray(edge.get_ydata())[0] == pytest.approx(low)
+    assert "n=1: -9672 (off scale)" in [t.get_text() for t in ax.texts]
+
+
 def test_curve_legend_gives_seed_counts_and_divergence(monkeypatch, tmp_path):
     """fig9 from saved arrays: every legend entry says how many seeds its curve averages and
     how many diverged, including a variant whose seeds all diverged."""
