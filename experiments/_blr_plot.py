@@ -74,6 +74,14 @@ def _diverged_note(arrays: dict, variants) -> str:
     return f"\ndiverged, left out: {'; '.join(parts)}" if parts else ""
 
 
+def _coefficient(config: ml_collections.ConfigDict) -> str:
+    """The delta-method coefficient for a title: ``"1"``, or ``"optimal (25 samples)"``."""
+    c = config.get("cv_coefficient", 1.0)
+    if c == "optimal":
+        return f"optimal ({config.get('cv_coefficient_samples', 20)} samples)"
+    return f"{float(c):g}"
+
+
 def _band(
     ax, x, per_seed: np.ndarray, color: str, label: str | None, log: bool = False, ls: str = "-"
 ):
@@ -176,7 +184,8 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
         f"{config.batch_size}, {n_seeds} seeds per variant; line = mean over the n seeds that "
         "did not diverge (n in the legend), band = their range (none when n = 1)\n"
         f"evaluated every {config.eval_every} steps on the full data: ELBO and accuracy from "
-        f"{config.eval_samples} samples, variances from {config.variance_samples}{mvd}"
+        f"{config.eval_samples} samples, variances from {config.variance_samples}{mvd}; "
+        f"delta-method coefficient {_coefficient(config)}"
         + _diverged_note(arrays, config.variants),
         fontsize=10,
     )
@@ -337,12 +346,13 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
 def fig11(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
     """Final ELBO against the number of samples N (mean and sd over seeds)."""
     xlabel = "number of samples N per gradient estimate"
-    return _sweep(config, arrays, stem, xlabel, "N", f"batch {config.batch_size}")
+    fixed = f"batch {config.batch_size}, delta-method c = {_coefficient(config)}"
+    return _sweep(config, arrays, stem, xlabel, "N", fixed)
 
 
 def fig12(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
     """Final ELBO against the minibatch size (mean and sd over seeds)."""
-    fixed = f"N = {config.num_samples}"
+    fixed = f"N = {config.num_samples}, delta-method c = {_coefficient(config)}"
     return _sweep(config, arrays, stem, "minibatch size", "batch size", fixed)
 
 
