@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
 from ._distributions import Beta, Distribution, Gamma, Normal
-from ._measure_valued import measure_valued
+from ._measure_valued import CoordinateCostFn, _step_sizes, coordinate_costs, measure_valued
 from ._pathwise import pathwise
 
 Estimator = Callable[..., PyTree]
@@ -50,12 +50,18 @@ class ControlVariate(NamedTuple):
         \nabla_{\theta_0} h_{\theta_0}(x_i)` (as in optax), which adds variance.
       is_baseline: ``value`` does not depend on ``x`` (a baseline): it changes only the
         score-function estimator, so pairing it with another estimator is an error.
+      coordinate_costs: optional ``(point) -> ((x: [D], values: [P, D]) -> [P, D])``, a fast
+        evaluator of ``value(point, .)`` with one coordinate replaced, ``out[p, d] =
+        value(point, x with x_d = values[p, d])`` (``x`` flattened), for the measure-valued
+        estimator with a structured ``coordinate_costs`` (see :func:`with_control_variate`).
+        Without it, ``value`` is evaluated once per replaced coordinate.
     """
 
     value: Callable[[Distribution, Array], Array]
     expectation: Callable[[Distribution], Array]
     expectation_under: Callable[[Distribution, Distribution], Array] | None = None
     is_baseline: bool = False
+    coordinate_costs: Callable[[Distribution], CoordinateCostFn] | None = None
 
 
 def baseline_control_variate(baseline: Array | float) -> ControlVariate:
@@ -118,11 +124,17 @@ def delta_method(function: CostFn) -> ControlVariate:
     Hessian-vector products are used: one per evaluation of ``h`` and ``D`` for the diagonal,
     so memory stays ``O(D)``. For Normal, Gamma and Beta; any event shape.
 
+    With ``x_d`` replaced by ``v`` (the measure-valued estimator's perturbations),
+    :math:`h = h(x) + \delta (\nabla_d f + (\nabla^2 f\,(x - \mu_0))_d) + \tfrac12 \delta^2
+    \nabla^2_{dd} f` with :math:`\delta = v - x_d`: ``coordinate_costs`` evaluates every
+    replacement of a sample from one Hessian-vector product.
+
     Args:
       function: cost ``f(x) -> []`` for one sample; must be twice differentiable.
 
     Returns:
-      A :class:`ControlVariate` with ``expectation_under`` (exact correction).
+      A :class:`ControlVariate` with ``expectation_under`` (exact correction) and
+      ``coordinate_costs``.
     """
 
     def value(point: Distribution, x: Array) -> Array:
@@ -140,10 +152,26 @@ def delta_method(function: CostFn) -> ControlVariate:
         second = jnp.vdot(dm, hvp(dm)) + jnp.vdot(jnp.ravel(dist.variance), diag)
         return f0 + jnp.vdot(g0, dm) + 0.5 * second
 
+    def replaced_coordinates(point: Distribution) -> CoordinateCostFn:
+        _check_delta_dist(point)
+        f0, g0, hvp = _taylor(function, point.mean)
+        m = jnp.ravel(point.mean)
+        diag = _hessian_diag(hvp, m.shape[0], m.dtype)  # once per call, not per sample
+
+        def costs(x: Array, values: Array) -> Array:
+            dx = x - m
+            h_dx = hvp(dx)
+            h_x = f0 + jnp.vdot(g0, dx) + 0.5 * jnp.vdot(dx, h_dx)
+            delta = values - x[None]  # [P, D]
+            return h_x + delta * (g0 + h_dx)[None] + 0.5 * jnp.square(delta) * diag[None]
+
+        return costs
+
     return ControlVariate(
         value=value,
         expectation=lambda dist: expectation_under(dist, dist),
         expectation_under=expectation_under,
+        coordinate_costs=replaced_coordinates,
     )
 
 
@@ -151,6 +179,50 @@ def _unwrap(estimator: Estimator) -> Estimator:
     while isinstance(estimator, functools.partial):
         estimator = estimator.func
     return estimator
+
+
+def _bound_keywords(estimator: Estimator) -> dict:
+    """The keywords fixed by (nested) ``functools.partial``s; the outermost wins."""
+    chain = []
+    while isinstance(estimator, functools.partial):
+        chain.append(estimator.keywords)
+        estimator = estimator.func
+    out: dict = {}
+    for keywords in reversed(chain):
+        out.update(keywords)
+    return out
+
+
+def _structured_estimators(
+    estimator: Estimator, control_variate: ControlVariate, point: Distribution
+) -> tuple[Estimator, Callable[[float | Array], Estimator]] | None:
+    """For ``partial(measure_valued, coordinate_costs=cc)``: estimators of ``h`` and of
+    ``f - c h`` whose evaluators see those costs (``cc`` evaluates ``f`` only). None otherwise.
+
+    Returns ``(estimator for h, c -> estimator for f - c h)``.
+    """
+    keywords = _bound_keywords(estimator)
+    f_costs = keywords.get("coordinate_costs")
+    if _unwrap(estimator) is not measure_valued or f_costs is None:
+        return None
+    if control_variate.coordinate_costs is not None:
+        h_costs = control_variate.coordinate_costs(point)
+    else:  # generic: the control variate evaluated once per replaced coordinate
+        event_shape = point.event_shape
+        dim = math.prod(event_shape)
+        batch = _step_sizes(1, dim, keywords.get("batch_size"), None)[1]
+
+        def h_costs(x: Array, values: Array) -> Array:
+            return coordinate_costs(
+                lambda y: control_variate.value(point, y), x, values, event_shape, batch
+            )
+
+    def for_residual(c: float | Array) -> Estimator:
+        return functools.partial(
+            estimator, coordinate_costs=lambda x, v: f_costs(x, v) - c * h_costs(x, v)
+        )
+
+    return functools.partial(estimator, coordinate_costs=h_costs), for_residual
 
 
 def _check_pair(estimator: Estimator, control_variate: ControlVariate, who: str) -> None:
@@ -218,6 +290,16 @@ def with_control_variate(
     E_{p_\theta}[h_{\theta_0}])` with :math:`\theta_0 = \mathrm{sg}(\theta)`, where
     :math:`\hat g_i[\cdot]` is ``estimator`` on the same samples (same key).
 
+    Every estimator is linear in the cost, and ``estimator`` is called with the costs ``f``,
+    ``h`` or ``f - c h`` as ``function``; it must evaluate the function it is given. The one
+    exception is recognised: ``functools.partial(measure_valued, coordinate_costs=cc)``, whose
+    ``cc`` evaluates ``f`` only. Then ``h`` is evaluated by the control variate's own
+    ``coordinate_costs`` (the delta method's costs one Hessian-vector product per sample) or,
+    without one, once per replaced coordinate, and ``f - c h`` by ``cc - c`` times that. Pass
+    ``cc`` through ``functools.partial`` (or ``measure_valued`` itself): a wrapper that hides
+    it (a lambda, a def) would evaluate ``f`` where ``h`` is asked for, a silently wrong
+    estimate.
+
     Args:
       estimator: :func:`estimators.pathwise`, :func:`estimators.score_function`,
         :func:`estimators.measure_valued`, or any function with their signature (a
@@ -243,9 +325,12 @@ def with_control_variate(
     def h(x: Array) -> Array:
         return control_variate.value(point, x)
 
+    structured = _structured_estimators(estimator, control_variate, point)
+    estimator_h = estimator if structured is None else structured[0]
+
     def residual(k: Array, n: int) -> tuple[PyTree, PyTree]:
         jac_f = estimator(function, params, dist_builder, k, num_samples=n)
-        jac_h = estimator(h, params, dist_builder, k, num_samples=n)
+        jac_h = estimator_h(h, params, dist_builder, k, num_samples=n)
         corr = _correction(control_variate, point, params, dist_builder, k, n)
         return jac_f, jax.tree.map(lambda a, b: a - b, jac_h, corr)
 
@@ -268,7 +353,8 @@ def with_control_variate(
     if isinstance(c, int | float) and not math.isfinite(c):
         raise ValueError(f"{who}: coefficient must be finite; got {coefficient!r}")
     # Every estimator is linear in f: one call on f - c h costs half of two calls.
-    jac_r = estimator(
+    estimator_r = estimator if structured is None else structured[1](c)
+    jac_r = estimator_r(
         lambda x: function(x) - c * h(x), params, dist_builder, key, num_samples=num_samples
     )
     corr = _correction(control_variate, point, params, dist_builder, key, num_samples)

@@ -165,7 +165,9 @@ def measure_valued(
         ``(x: [D], values: [P, D]) -> [P, D]`` with ``out[p, d] = f(x with x_d = values[p, d])``
         (``x`` flattened). A cost that depends on ``x`` through ``A x`` can update ``A x`` by one
         column instead of recomputing it (see ``models.logistic_regression``). It must agree
-        with ``function``, which is then used only to check the arguments.
+        with ``function``, which is then used only to check the arguments. Inside
+        :func:`estimators.with_control_variate`, pass it as ``functools.partial(measure_valued,
+        coordinate_costs=...)``: the control variate's costs are then added to it there.
 
     Returns:
       A pytree like ``params``; each leaf ``[num_samples, *leaf.shape]``. Costs ``4 D``
