@@ -9,6 +9,28 @@ simplex or the category axis). ``sample(key, sample_shape)`` returns
 ``reparameterizable`` says whether ``sample`` is differentiable with respect to the parameters
 (explicitly, ``loc + scale * eps``, or through JAX's implicit reparameterisation gradients for
 Gamma, Beta and Dirichlet). Discrete distributions are not.
+
+Invalid parameters. Built from concrete values, a distribution checks its constraints and raises
+a ``ValueError`` naming the parameter (``Normal`` scale > 0, ``Gamma`` concentration and rate > 0,
+``Beta`` a, b > 0, ``Dirichlet`` concentration > 0, ``Bernoulli``/``Categorical`` logits not
+NaN). Built from traced values (inside ``jit``, ``vmap`` or ``grad``) the values are unknown, so
+an invalid parameter instead turns EVERY parameter of the distribution into NaN, and with them
+its samples, log-densities and every gradient estimate: a run's NaN check then stops it instead
+of training on a finite, wrong gradient. Valid parameters are multiplied by exactly 1, so their
+values and gradients are bitwise unchanged. (A NaN logit alone would make only its own
+coordinate's estimate NaN; the mask makes all of them NaN, like the other families. Infinite
+logits are valid: probability 0 or 1.)
+A distribution rebuilt by ``jax.tree_util`` (``tree_map``, unflattening inside a
+transformation) is not checked again.
+
+The boundary of the support in floating point. Gamma(a < 1), Beta(a < 1) and Dirichlet(a_k < 1)
+put a sizeable mass below the smallest normal float ``tiny = finfo(dtype).tiny`` (Gamma(0.05):
+1.3% in float32), where a float32 sample is exactly 0 and the log-density infinite. ``sample``
+therefore returns ``max(x, tiny)``, with the gradient of the unclipped ``x`` (straight-through),
+so a sample is an atom at ``tiny`` carrying the mass ``P(X <= tiny)``; ``log_prob`` at
+``x <= tiny`` is the log of that mass (in closed form), so the score function is the score of
+the law actually sampled and stays unbiased, and pathwise gradients are those of the unclipped
+sample (unbiased too: the clip moves a sample by less than ``tiny``).
 """
 
 from __future__ import annotations
@@ -56,14 +78,79 @@ def _is_concrete(x) -> bool:
 
 
 def _check_positive(name: str, dist: str, value: Array) -> None:
-    """Raise eagerly if a concrete parameter is not strictly positive (skipped under tracing)."""
+    """Raise if a concrete parameter is not strictly positive (a no-op on a tracer)."""
     if _is_concrete(value):
         v = np.asarray(value)
         if not np.all(v > 0):
+            smallest = np.nanmin(v) if not np.isnan(v).all() else float("nan")
             raise ValueError(
-                f"{dist}: {name} must be > 0 everywhere; got min {np.nanmin(v)!r}"
+                f"{dist}: {name} must be > 0 everywhere; got min {smallest!r}"
                 + (" (NaN present)" if np.isnan(v).any() else "")
             )
+
+
+def _check_not_nan(name: str, dist: str, value: Array) -> None:
+    """Raise if a concrete parameter holds a NaN (a no-op on a tracer)."""
+    if _is_concrete(value) and np.isnan(np.asarray(value)).any():
+        raise ValueError(f"{dist}: {name} must not be NaN; got {int(np.isnan(value).sum())} NaN")
+
+
+def _validate(dist: Distribution, positive: Sequence[str] = (), not_nan: Sequence[str] = ()):
+    """Check the constraints of ``dist``'s fields: raise if concrete, poison with NaN if traced.
+
+    ``positive`` fields must be > 0, ``not_nan`` fields must hold no NaN. Under tracing, every
+    floating-point field of ``dist`` is multiplied by ``where(all constraints hold, 1, NaN)``:
+    exactly 1 (values and gradients bitwise unchanged) for a valid distribution, NaN in every
+    value and every gradient through it otherwise. ``dist`` is being built (``__post_init__``),
+    so replacing its fields is safe.
+    """
+    cls = type(dist).__name__
+    traced_ok = []
+    for name in positive:
+        value = getattr(dist, name)
+        if _is_concrete(value):
+            _check_positive(name, cls, value)
+        else:
+            traced_ok.append(jnp.all(value > 0))
+    for name in not_nan:
+        value = getattr(dist, name)
+        if _is_concrete(value):
+            _check_not_nan(name, cls, value)
+        else:
+            traced_ok.append(~jnp.any(jnp.isnan(value)))
+    if not traced_ok:
+        return
+    ok = traced_ok[0]
+    for more in traced_ok[1:]:
+        ok = ok & more
+    for field in dataclasses.fields(dist):  # type: ignore[arg-type]
+        value = getattr(dist, field.name)
+        dtype = jnp.result_type(value)
+        if jnp.issubdtype(dtype, jnp.inexact):
+            mask = jnp.where(ok, 1.0, jnp.nan).astype(dtype)
+            object.__setattr__(dist, field.name, value * mask)
+
+
+def _clip_to_support(x: Array, upper: bool = False) -> Array:
+    """``max(x, tiny)`` (and ``min(x, 1 - epsneg)`` if ``upper``), with the gradient of ``x``.
+
+    ``tiny`` is the smallest normal float of ``x.dtype``: every draw below it (an exact 0 or a
+    flushed subnormal in float32) becomes an atom at ``tiny``, which ``log_prob`` gives the mass
+    of ``[0, tiny]``. The straight-through gradient is the implicit reparameterisation gradient
+    of the unclipped draw (0 for a draw that underflowed, whose true value is below ``tiny``).
+    """
+    finfo = jnp.finfo(x.dtype)
+    hi = 1 - finfo.epsneg if upper else None
+    return x + jax.lax.stop_gradient(jnp.clip(x, finfo.tiny, hi) - x)
+
+
+def _lower_atom(x: Array) -> tuple[Array, Array, Array]:
+    """``(at_atom, x_safe, log_tiny)``: where ``x`` is in ``[0, tiny]`` (the atom of
+    :func:`_clip_to_support`), ``x`` with those entries set to 1 (so the density branch of a
+    ``where`` has finite gradients), and ``log(tiny)``."""
+    finfo = jnp.finfo(jnp.result_type(x))
+    at_atom = (x >= 0) & (x <= finfo.tiny)
+    return at_atom, jnp.where(at_atom, 1.0, x).astype(jnp.result_type(x)), jnp.log(finfo.tiny)
 
 
 def _expand(shape: Shape, *params: Array) -> list[Array]:
@@ -131,7 +218,7 @@ class Normal(Distribution):
 
     def __post_init__(self):
         _check_same_shape("Normal", loc=self.loc, scale=self.scale)
-        _check_positive("scale", "Normal", self.scale)
+        _validate(self, positive=("scale",))
 
     @classmethod
     def from_log_scale(cls, loc: Array, log_scale: Array) -> Normal:
@@ -183,7 +270,12 @@ def multi_normal(loc: Array, log_scale: Array) -> Normal:
 
 @_pytree_dataclass
 class Gamma(Distribution):
-    """Gamma(concentration, rate), independent coordinates; implicit reparameterisation."""
+    r"""Gamma(concentration, rate), independent coordinates; implicit reparameterisation.
+
+    Samples are at least ``tiny`` (see the module docstring): ``log_prob`` at ``x <= tiny`` is
+    :math:`\log P(X \le \mathrm{tiny}) = a \log(b\,\mathrm{tiny}) - \log\Gamma(a + 1)`
+    (relative error below ``rate * tiny``, far below float resolution for any usable rate).
+    """
 
     concentration: Array
     rate: Array
@@ -191,8 +283,7 @@ class Gamma(Distribution):
 
     def __post_init__(self):
         _check_same_shape("Gamma", concentration=self.concentration, rate=self.rate)
-        _check_positive("concentration", "Gamma", self.concentration)
-        _check_positive("rate", "Gamma", self.rate)
+        _validate(self, positive=("concentration", "rate"))
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -209,17 +300,29 @@ class Gamma(Distribution):
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
         shape = (*sample_shape, *self.event_shape)
         concentration, rate = _expand(shape, self.concentration, self.rate)
-        return jax.random.gamma(key, concentration, shape) / rate
+        # Drawn in log space: exp then underflows exactly when X < tiny (no intermediate
+        # underflow of Gamma(a + 1) U^(1/a)), so the atom of the clip is exactly {X <= tiny}.
+        log_x = jax.random.loggamma(key, concentration, shape) - jnp.log(rate)
+        return _clip_to_support(jnp.exp(log_x))
 
     def log_prob(self, x: Array) -> Array:
         a, b = _expand(jnp.shape(x), self.concentration, self.rate)
-        lp = a * jnp.log(b) + (a - 1) * jnp.log(x) - b * x - special.gammaln(a)
-        return self._sum_event(lp)
+        at_atom, x_safe, log_tiny = _lower_atom(x)
+        density = a * jnp.log(b) + (a - 1) * jnp.log(x_safe) - b * x - special.gammaln(a)
+        atom = a * (jnp.log(b) + log_tiny) - special.gammaln(a + 1)
+        return self._sum_event(jnp.where(at_atom, atom, density))
 
 
 @_pytree_dataclass
 class Beta(Distribution):
-    """Beta(a, b), independent coordinates; implicit reparameterisation."""
+    r"""Beta(a, b), independent coordinates; implicit reparameterisation.
+
+    Samples lie in ``[tiny, 1 - epsneg]``; ``log_prob`` at ``x <= tiny`` is
+    :math:`\log P(X \le \mathrm{tiny}) = a \log \mathrm{tiny} - \log a - \log B(a, b)`
+    (relative error below ``tiny``). Near 1 a float32 sample lies on a grid of spacing
+    ``epsneg`` (6e-8), coarse where ``b < 1`` concentrates mass there; that end has no atom
+    correction.
+    """
 
     a: Array
     b: Array
@@ -227,8 +330,7 @@ class Beta(Distribution):
 
     def __post_init__(self):
         _check_same_shape("Beta", a=self.a, b=self.b)
-        _check_positive("a", "Beta", self.a)
-        _check_positive("b", "Beta", self.b)
+        _validate(self, positive=("a", "b"))
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -250,20 +352,27 @@ class Beta(Distribution):
         # 0.0), where log_prob is -inf and a score-function estimate NaN. Keep samples in the
         # open interval; the clip moves them by at most one ulp and leaves the implicit
         # reparameterisation gradient untouched.
-        finfo = jnp.finfo(x.dtype)
-        return x + jax.lax.stop_gradient(jnp.clip(x, finfo.tiny, 1 - finfo.epsneg) - x)
+        return _clip_to_support(x, upper=True)
 
     def log_prob(self, x: Array) -> Array:
         a, b = _expand(jnp.shape(x), self.a, self.b)
-        lp = (a - 1) * jnp.log(x) + (b - 1) * jnp.log1p(-x) - special.betaln(a, b)
-        return self._sum_event(lp)
+        at_atom, x_safe, log_tiny = _lower_atom(x)
+        density = (a - 1) * jnp.log(x_safe) + (b - 1) * jnp.log1p(-x) - special.betaln(a, b)
+        atom = a * log_tiny - jnp.log(a) - special.betaln(a, b)
+        return self._sum_event(jnp.where(at_atom, atom, density))
 
 
 @_pytree_dataclass
 class Dirichlet(Distribution):
-    """Dirichlet(concentration) over the last axis; implicit reparameterisation.
+    r"""Dirichlet(concentration) over the last axis; implicit reparameterisation.
 
     ``concentration: [*batch, K]``; the event is the whole array (independent simplices).
+
+    Every coordinate of a sample is at least ``tiny`` (see the module docstring). ``log_prob``
+    treats a coordinate ``x_k <= tiny`` as the atom ``X_k in [0, tiny]``: its factor
+    :math:`x_k^{a_k - 1}` becomes :math:`\int_0^{\mathrm{tiny}} t^{a_k - 1} dt =
+    \mathrm{tiny}^{a_k} / a_k` (the density of the other coordinates on their face of the
+    simplex times the mass of the atom; relative error below ``K * tiny``).
     """
 
     concentration: Array
@@ -275,7 +384,7 @@ class Dirichlet(Distribution):
                 "Dirichlet: concentration needs a last axis of at least 2 categories; "
                 f"got shape {list(jnp.shape(self.concentration))}"
             )
-        _check_positive("concentration", "Dirichlet", self.concentration)
+        _validate(self, positive=("concentration",))
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -293,13 +402,22 @@ class Dirichlet(Distribution):
 
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
         batch = self.event_shape[:-1]
-        return jax.random.dirichlet(key, self.concentration, (*sample_shape, *batch))
+        # jax.random.dirichlet is a softmax of log-gamma draws: a coordinate underflows to 0
+        # exactly when it is below tiny (Dirichlet(0.05, 0.05, 1): 2.6% of rows in float32).
+        # The clip raises those coordinates to tiny, so a row sums to 1 + m * tiny for m
+        # clipped coordinates: exactly the float sum of before (tiny is far below the rounding
+        # of 1), and within m * tiny of the simplex in exact arithmetic. The straight-through
+        # gradient is the softmax's, whose rows sum to 0: it stays tangent to the simplex.
+        x = jax.random.dirichlet(key, self.concentration, (*sample_shape, *batch))
+        return _clip_to_support(x)
 
     def log_prob(self, x: Array) -> Array:
         a = self.concentration
         log_norm = special.gammaln(jnp.sum(a, axis=-1)) - jnp.sum(special.gammaln(a), axis=-1)
         (a,) = _expand(jnp.shape(x), a)
-        per_simplex = jnp.sum((a - 1) * jnp.log(x), axis=-1)
+        at_atom, x_safe, log_tiny = _lower_atom(x)
+        per_coordinate = jnp.where(at_atom, a * log_tiny - jnp.log(a), (a - 1) * jnp.log(x_safe))
+        per_simplex = jnp.sum(per_coordinate, axis=-1)
         (log_norm,) = _expand(per_simplex.shape, log_norm)
         per_simplex = per_simplex + log_norm
         return self._sum_event(per_simplex, len(self.event_shape) - 1)
@@ -311,6 +429,9 @@ class Bernoulli(Distribution):
 
     logits: Array
     reparameterizable: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _validate(self, not_nan=("logits",))
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -350,6 +471,7 @@ class Categorical(Distribution):
     def __post_init__(self):
         if jnp.ndim(self.logits) < 1:
             raise ValueError("Categorical: logits need a last axis of categories; got a scalar")
+        _validate(self, not_nan=("logits",))
 
     @property
     def event_shape(self) -> tuple[int, ...]:

@@ -3,8 +3,6 @@ validation errors, and the jax transformations (tree_map, jit, vmap, grad) over 
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,6 +250,9 @@ def test_shapes(name):
         (lambda: estimators.Dirichlet(jnp.ones(1)), "at least 2 categories"),
         (lambda: estimators.Dirichlet(jnp.float32(1.0)), "at least 2 categories"),
         (lambda: estimators.Categorical(jnp.float32(0.0)), "last axis of categories"),
+        (lambda: estimators.Bernoulli(jnp.array([0.0, jnp.nan])), "logits must not be NaN"),
+        (lambda: estimators.Categorical(jnp.array([0.0, jnp.nan])), "logits must not be NaN"),
+        (lambda: estimators.Beta(jnp.ones(2), jnp.full(2, jnp.nan)), r"b must be > 0.*NaN"),
     ],
 )
 def test_validation_errors(make, match):
@@ -329,8 +330,16 @@ def test_grad_with_respect_to_a_distribution():
     np.testing.assert_allclose(dx.scale, eps, rtol=1e-6)
 
 
-def test_validation_is_skipped_under_tracing():
-    """Inside jit the values are unknown: a negative scale passes and log_prob is NaN (log of a
-    negative number), as documented in ``_check_positive``; eagerly it raises."""
-    lp = jax.jit(lambda s: estimators.Normal(jnp.zeros(1), s).log_prob(jnp.zeros(1)))(-jnp.ones(1))
-    assert math.isnan(float(lp))
+def test_invalid_parameters_under_tracing_are_nan_everywhere():
+    """Inside jit the values are unknown, so an invalid parameter cannot raise: it turns every
+    field into NaN (and with them samples, log_prob and gradients; the estimators are checked
+    in tests/test_support_and_validity.py); eagerly it raises (test_validation_errors)."""
+
+    def everything(s):
+        d = estimators.Normal(jnp.zeros(2), s)
+        return d.loc, d.scale, d.sample(jax.random.key(0)), d.log_prob(jnp.zeros(2))
+
+    for value in jax.jit(everything)(jnp.array([1.0, -1.0])):
+        assert np.all(np.isnan(np.asarray(value)))
+    for value in jax.jit(everything)(jnp.array([1.0, 2.0])):
+        assert np.all(np.isfinite(np.asarray(value)))
