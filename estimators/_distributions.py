@@ -148,9 +148,12 @@ def _lower_atom(x: Array) -> tuple[Array, Array, Array]:
     """``(at_atom, x_safe, log_tiny)``: where ``x`` is in ``[0, tiny]`` (the atom of
     :func:`_clip_to_support`), ``x`` with those entries set to 1 (so the density branch of a
     ``where`` has finite gradients), and ``log(tiny)``."""
-    finfo = jnp.finfo(jnp.result_type(x))
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):  # integer points: the default float's tiny
+        dtype = jnp.result_type(float)
+    finfo = jnp.finfo(dtype)
     at_atom = (x >= 0) & (x <= finfo.tiny)
-    return at_atom, jnp.where(at_atom, 1.0, x).astype(jnp.result_type(x)), jnp.log(finfo.tiny)
+    return at_atom, jnp.where(at_atom, 1.0, x).astype(dtype), jnp.log(finfo.tiny)
 
 
 def _expand(shape: Shape, *params: Array) -> list[Array]:
