@@ -2,20 +2,30 @@
 
     python -m experiments run <config> --workdir <dir> [--config.<key>=<value> ...]
     python -m experiments list
+    python -m experiments show <config> [--config.<key>=<value> ...]
     python -m experiments plot <workdir>
-    python -m experiments reproduce [<config> ...] --outdir <dir>
+    python -m experiments reproduce [<config> ...] --outdir <dir> [--skip-existing]
 
 ``<config>`` is a bundled config name (``fig2``) or a path to a config file. ``mcgrad`` is the
 same command installed as a console script.
+
+SIGTERM (what a batch scheduler or ``timeout`` sends) stops a run the way Ctrl-C does: a
+training run saves its checkpoint and the command prints how to resume it; a one-shot run
+removes its staging folder. The exit status is 143 (128 + 15) after SIGTERM, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import platform
+import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +33,40 @@ from typing import Any
 import ml_collections
 
 from . import _config, _workdir
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the signal lands so that it takes Ctrl-C's path.
+
+    A subclass of ``KeyboardInterrupt``: every ``finally`` and ``except BaseException`` that
+    saves a checkpoint or removes a staging folder on Ctrl-C does the same on SIGTERM.
+    """
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated`; the previous handler is restored after.
+
+    Only the first SIGTERM raises: a second one, while the first is being handled (a checkpoint
+    being written), is ignored. Outside the main thread (where Python cannot set handlers) this
+    does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise Terminated(f"received signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def runner_module(config: ml_collections.ConfigDict) -> ModuleType:
@@ -64,31 +108,79 @@ def run_experiment(
 
     Validates the config (the runner's ``validate``, if any) and the workdir before writing
     anything. One-shot runners compute in a staging folder that replaces ``workdir`` only on
-    success; runners with ``RESUMABLE = True`` write into ``workdir`` (atomically, file by file)
-    and may be continued with ``resume=True``.
+    success. Runners with ``RESUMABLE = True`` write into ``workdir`` (atomically, file by file)
+    and may be continued with ``resume=True``; their ``check_inputs(config)``, if any, loads and
+    verifies the inputs (data files, downloads) before anything is written, and a run that
+    fails before its first checkpoint leaves ``workdir`` as it found it. ``overwrite`` of such a
+    run sets the old one aside and removes it once the new run has succeeded.
     """
     workdir = Path(workdir).resolve()
     runner = runner_module(config)
     if hasattr(runner, "validate"):
         runner.validate(config)
     resolved = _config.config_to_dict(config)
-    _workdir.check_workdir(workdir, resolved, overwrite=overwrite, resume=resume)
-    start = time.perf_counter()
-    if getattr(runner, "RESUMABLE", False):
-        if overwrite and not _workdir.is_empty(workdir) and not resume:
-            aside = _workdir.set_aside(workdir)
-            print(f"previous run moved to {aside}", file=sys.stderr)
-        workdir.mkdir(parents=True, exist_ok=True)
-        _workdir.write_json(workdir / "config.json", resolved)
-        results = runner.run(config, workdir, resume=resume)
-        _workdir.write_json(workdir / "run_info.json", _run_info(time.perf_counter() - start))
-        return results
+    resumable = getattr(runner, "RESUMABLE", False)
+    _workdir.check_workdir(
+        workdir,
+        resolved,
+        overwrite=overwrite,
+        resume=resume,
+        resumable=resumable,
+        may_raise=tuple(getattr(runner, "RESUME_MAY_RAISE", ())),
+    )
+    if resumable:
+        return _run_resumable(runner, config, resolved, workdir, overwrite, resume)
     if resume:
         raise _config.ConfigError(f"runner {config.runner!r} is not resumable; drop --resume")
+    start = time.perf_counter()
     with _workdir.staged(workdir) as stage:
         _workdir.write_json(stage / "config.json", resolved)
         results = runner.run(config, stage)
         _workdir.write_json(stage / "run_info.json", _run_info(time.perf_counter() - start))
+    return results
+
+
+def _run_resumable(
+    runner: ModuleType,
+    config: ml_collections.ConfigDict,
+    resolved: dict[str, Any],
+    workdir: Path,
+    overwrite: bool,
+    resume: bool,
+) -> dict[str, Any]:
+    if hasattr(runner, "check_inputs"):
+        runner.check_inputs(config)  # a corrupt file or failed download stops here
+    start = time.perf_counter()
+    existed, was_empty = workdir.exists(), _workdir.is_empty(workdir)
+    saved_config = workdir / "config.json"
+    old_config = saved_config.read_bytes() if resume and saved_config.is_file() else None
+    aside = None
+    if overwrite and not was_empty and not resume:
+        aside = _workdir.set_aside(workdir)
+        print(f"previous run moved to {aside} until the new one succeeds", file=sys.stderr)
+    before = _workdir.checkpoints(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _workdir.write_json(saved_config, resolved)
+        results = runner.run(config, workdir, resume=resume)
+        _workdir.write_json(workdir / "run_info.json", _run_info(time.perf_counter() - start))
+    except BaseException:
+        if _workdir.checkpoints(workdir) == before:  # failed before its first checkpoint: undo
+            if aside is not None:
+                _workdir.put_back(aside, workdir)
+            elif was_empty:
+                _workdir.clear(workdir, existed=existed)
+            elif old_config is not None:
+                _workdir.atomic_write_bytes(saved_config, old_config)
+            print(
+                f"the run stopped before its first checkpoint; {workdir} is as it was before",
+                file=sys.stderr,
+            )
+        elif aside is not None:
+            print(f"the previous run is kept in {aside}", file=sys.stderr)
+        raise
+    if aside is not None:
+        _workdir.discard(aside)
     return results
 
 
@@ -125,6 +217,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace results already there")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run")
     sub.add_parser("list", help="list the bundled configs")
+    sh = sub.add_parser(
+        "show",
+        help="print a config's keys and values",
+        epilog="Overrides --config.<key>=<value> are applied (and checked) first.",
+    )
+    sh.add_argument("config", help="config name (see `list`) or path to a config file")
     pl = sub.add_parser("plot", help="redraw a run's figures from its saved results")
     pl.add_argument("workdir")
     rep = sub.add_parser("reproduce", help="run several configs, one workdir each")
@@ -132,57 +230,127 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--outdir", required=True, help="parent folder; each run goes in <outdir>/<name>"
     )
-    rep.add_argument("--overwrite", action="store_true")
+    rep.add_argument("--overwrite", action="store_true", help="replace results already there")
+    rep.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip a config whose workdir holds a finished run of the same config",
+    )
     return p
+
+
+def split_argv(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse a command line into its arguments and its ``--config.`` overrides (prefix dropped).
+
+    Raises ``SystemExit`` (argparse's usage error, status 2) for an unknown command or flag.
+    """
+    overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
+    args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    return args, overrides
+
+
+def show_lines(config: ml_collections.ConfigDict) -> list[str]:
+    """``key = value`` for every (dotted) key of ``config``; values as Python literals."""
+    flat = _config.flat_items(config)
+    width = max(len(k) for k in flat)
+    return [f"{k:<{width}} = {v!r}" for k, v in flat.items()]
+
+
+def _resume_command(argv: list[str]) -> str:
+    kept = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in kept:
+        kept.append("--resume")
+    return shlex.join(["python", "-m", "experiments", *kept])
+
+
+def _interrupted(argv: list[str], args: argparse.Namespace, error: KeyboardInterrupt) -> int:
+    """Say what an interrupted command left behind and how to go on; the exit status."""
+    what = "stopped by SIGTERM" if isinstance(error, Terminated) else "interrupted"
+    status = 128 + signal.SIGTERM if isinstance(error, Terminated) else 130
+    if args.command == "run":
+        workdir = Path(args.workdir).resolve()
+        if _workdir.checkpoints(workdir) and (workdir / "config.json").is_file():
+            print(
+                f"{what}; the last checkpoint is kept in {workdir}. Continue with:\n"
+                f"  {_resume_command(argv)}",
+                file=sys.stderr,
+            )
+            return status
+        print(f"{what}; earlier results in {workdir} are untouched", file=sys.stderr)
+        return status
+    if args.command == "reproduce":
+        print(
+            f"{what}; finished configs are kept in {Path(args.outdir).resolve()}, earlier "
+            "results are untouched; the same command with --skip-existing goes on from there",
+            file=sys.stderr,
+        )
+        return status
+    print(what, file=sys.stderr)
+    return status
+
+
+def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
+    names = args.configs or [f"fig{i}" for i in range(2, 8)]
+    configs = []
+    for name in names:  # Load and check them all first: bad input fails before any run.
+        config = _config.load_config(name)
+        _config.apply_overrides(config, overrides)
+        runner = runner_module(config)
+        if hasattr(runner, "validate"):
+            runner.validate(config)
+        workdir = (Path(args.outdir) / name).resolve()
+        resolved = _config.config_to_dict(config)
+        if args.skip_existing and _workdir.is_finished(workdir, resolved):
+            print(f"{name}: skipped, {workdir} holds a finished run of this config")
+            continue
+        _workdir.check_workdir(
+            workdir,
+            resolved,
+            overwrite=args.overwrite,
+            resume=False,
+            resumable=getattr(runner, "RESUMABLE", False),
+        )
+        configs.append((name, config))
+    start = time.perf_counter()
+    for name, config in configs:
+        workdir = Path(args.outdir) / name
+        run_experiment(config, workdir, overwrite=args.overwrite)
+        print(f"{name}: results in {workdir.resolve()}")
+    print(f"reproduced {len(configs)} configs in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m experiments`` and the ``mcgrad`` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
-    args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    args, overrides = split_argv(argv)
     try:
-        if args.command == "list":
-            for name, path in _config.available_configs().items():
-                print(f"{name:24s} {_describe(path)}")
-            return 0
-        if args.command == "plot":
-            for path in redraw(args.workdir):
-                print(path)
-            return 0
-        if args.command == "run":
-            config = _config.load_config(args.config)
-            _config.apply_overrides(config, overrides)
-            run_experiment(config, args.workdir, overwrite=args.overwrite, resume=args.resume)
-            print(f"results in {Path(args.workdir).resolve()}")
-            return 0
-        if args.command == "reproduce":
-            names = args.configs or [f"fig{i}" for i in range(2, 8)]
-            configs = []
-            for name in names:  # Load and check them all first: bad input fails before any run.
-                config = _config.load_config(name)
+        with sigterm_as_interrupt():
+            if args.command == "list":
+                for name, path in _config.available_configs().items():
+                    print(f"{name:24s} {_describe(path)}")
+                return 0
+            if args.command == "show":
+                config = _config.load_config(args.config)
                 _config.apply_overrides(config, overrides)
-                runner = runner_module(config)
-                if hasattr(runner, "validate"):
-                    runner.validate(config)
-                _workdir.check_workdir(
-                    (Path(args.outdir) / name).resolve(),
-                    _config.config_to_dict(config),
-                    overwrite=args.overwrite,
-                    resume=False,
-                )
-                configs.append((name, config))
-            start = time.perf_counter()
-            for name, config in configs:
-                workdir = Path(args.outdir) / name
-                run_experiment(config, workdir, overwrite=args.overwrite)
-                print(f"{name}: results in {workdir.resolve()}")
-            print(f"reproduced {len(configs)} configs in {time.perf_counter() - start:.1f} s")
-            return 0
+                print(f"# {args.config}: {_config.resolve_config_path(args.config)}")
+                print("\n".join(show_lines(config)))
+                return 0
+            if args.command == "plot":
+                for path in redraw(args.workdir):
+                    print(path)
+                return 0
+            if args.command == "run":
+                config = _config.load_config(args.config)
+                _config.apply_overrides(config, overrides)
+                run_experiment(config, args.workdir, overwrite=args.overwrite, resume=args.resume)
+                print(f"results in {Path(args.workdir).resolve()}")
+                return 0
+            if args.command == "reproduce":
+                return _reproduce(args, overrides)
     except (_config.ConfigError, _workdir.WorkdirError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; earlier results are untouched", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(argv, args, e)
     return 1

@@ -65,14 +65,19 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
     return config
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
+def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of ``config`` under its dotted key (``grid.quadratic.num``), in config order."""
+    items: dict[str, Any] = {}
     for k, v in config.items():
         if isinstance(v, ml_collections.ConfigDict):
-            keys += _flat_keys(v, f"{prefix}{k}.")
+            items |= flat_items(v, f"{prefix}{k}.")
         else:
-            keys.append(f"{prefix}{k}")
-    return keys
+            items[f"{prefix}{k}"] = v
+    return items
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    return list(flat_items(config, prefix))
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:

@@ -26,6 +26,7 @@ def base_config(name: str, title: str) -> ml_collections.ConfigDict:
     config.num_samples = 100_000
     config.num_nodes = 512  # quadrature nodes per integration rule
     config.yscale = "log"
+    config.progress = True  # progress bar on stderr; false for batch jobs and logs
     return config
 
 

@@ -203,6 +203,9 @@ def _download(dataset: str, spec: _IdxFile, folder: Path) -> Path:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                umask = os.umask(0o022)
+                os.umask(umask)
+                os.fchmod(out.fileno(), 0o666 & ~umask)  # mkstemp makes it 0600
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
             _read_verified(tmp, spec, verify=True, gz=True)

@@ -31,6 +31,7 @@ from ._vae_train import MULTI_SAMPLE, TrainingDiverged
 from ._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
 
 RESUMABLE = True
+RESUME_MAY_RAISE = ("num_epochs",)  # --resume may train a finished run for longer
 _binarize = jax.jit(data.binarize)
 _TEST_BINARIZATION_SEED = 0  # every run, whatever its seed, is evaluated on the same test bits
 
@@ -115,6 +116,16 @@ def _load(config) -> tuple[data.Dataset, np.ndarray, np.ndarray]:
     if config.binarization == "static":
         train = np.asarray(_binarize(jax.random.fold_in(key, 2), jnp.asarray(train)))
     return ds, train, test
+
+
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+    """Find, download if allowed, and verify the data before anything is written to a workdir.
+
+    A corrupt file or a failed download raises ``DataError`` here, so the run leaves no trace;
+    the verified files are cached in memory, so :func:`run` does not read them twice.
+    """
+    validate(config)
+    _load(config)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ _KEYS = {
     "costs",
     "num_nodes",
     "yscale",
+    "progress",
 }
 _GRID_KEYS = {"grid", "mc_every"}
 _DIM_KEYS = {"dims"}
@@ -97,6 +98,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         values = config[key]
         if not values or any(v not in known for v in values) or len(set(values)) < len(values):
             _fail(key, f"must be distinct names from {sorted(known)}; got {list(values)}")
+    if not isinstance(config.progress, bool):
+        _fail("progress", f"must be true or false; got {config.progress!r}")
     if config.yscale not in ("linear", "log"):
         _fail("yscale", f"must be 'linear' or 'log'; got {config.yscale!r}")
     if by_dim:
@@ -218,7 +221,13 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                 )
     points = []
     tasks = _mc_tasks(config)
-    bar = tqdm(tasks, desc=f"{config.name} Monte Carlo", unit="run", leave=False)
+    bar = tqdm(
+        tasks,
+        desc=f"{config.name} Monte Carlo",
+        unit="run",
+        leave=False,
+        disable=not config.progress,
+    )
     for est, dim, rows in bar:
         bar.set_postfix_str(est + (f" D={dim}" if by_dim else ""))
         mc = _run_mc(config, est, dim, rows)

@@ -1,7 +1,8 @@
 """The MNIST IDX reader: verified reads, clear errors, a download that never leaves junk behind.
 
-MNIST comes from ``$MNIST_DIR`` or ``<repo>/../shared/data/mnist``; nothing here needs the
-internet (the download path is exercised with a fake ``urlopen``).
+The real MNIST comes from ``$MNIST_DIR`` (the ``mnist_dir`` fixture of ``conftest.py``: skipped
+without it, a failure under ``CI=true``); nothing here needs the internet (the download path is
+exercised with a fake ``urlopen``).
 """
 
 from __future__ import annotations
@@ -17,22 +18,9 @@ import numpy as np
 import pytest
 
 from experiments import data
+from tests import _mnist
 
-REPO = Path(__file__).resolve().parents[1]
-NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte")  # fmt: skip
-
-
-def _mnist_dir() -> Path:
-    for folder in (os.environ.get("MNIST_DIR"), REPO.parent / "shared" / "data" / "mnist"):
-        if folder and (Path(folder) / f"{NAMES[3]}.gz").exists():
-            return Path(folder)
-    pytest.skip("MNIST not found: set MNIST_DIR")
-
-
-@pytest.fixture
-def mnist_dir() -> Path:
-    return _mnist_dir()
+NAMES = _mnist.NAMES
 
 
 @pytest.fixture
@@ -135,6 +123,9 @@ def test_download_verifies_then_renames(mnist_dir, monkeypatch, tmp_path):
     cache = tmp_path / "cache" / "mcgrad" / "mnist"
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in NAMES)
     assert paths["test_labels"] == cache / f"{NAMES[3]}.gz"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in cache.iterdir())
 
     shutil.rmtree(cache)
 
@@ -174,3 +165,24 @@ def test_parse_idx_rejects_bad_header():
         data.parse_idx(b"\x01\x02\x08\x01")
     with pytest.raises(data.DataError, match="truncated"):
         data.parse_idx(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")
+
+
+def test_small_idx_files_read_unverified_and_refused_verified(small_idx_dir):
+    """The test-made IDX files parse to the written shapes; checking them against MNIST fails."""
+    arrays = data.load_idx("mnist", small_idx_dir, download=False, verify=False)
+    assert arrays["train_images"].shape == (300, 28, 28)
+    assert arrays["test_labels"].shape == (100,) and arrays["test_labels"].max() < 10
+    with pytest.raises(data.DataError, match="checksum mismatch"):
+        data.load_idx("mnist", small_idx_dir, download=False)
+
+
+def test_real_mnist_is_skipped_with_its_reason_or_fails_under_ci(monkeypatch, tmp_path):
+    """Without MNIST_DIR a real-MNIST test is skipped naming MNIST_DIR; with CI=true it fails."""
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    for ci, outcome in (("", pytest.skip.Exception), ("true", pytest.fail.Exception)):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(outcome, match="MNIST_DIR is not set"):
+            _mnist.find_mnist_dir()
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path))  # a folder without the files
+    with pytest.raises(pytest.fail.Exception, match=f"MNIST_DIR={tmp_path} lacks"):
+        _mnist.find_mnist_dir()

@@ -1,12 +1,12 @@
 """VAE training runs: the loss goes down, resume is bit-for-bit, NaN stops cleanly, configs run.
 
-Tiny sizes throughout (digits, or a 256-image MNIST slice from ``$MNIST_DIR``).
+Tiny sizes throughout: digits, or MNIST-format files of random images that the tests write
+(``small_idx_dir``), so nothing here needs the real MNIST or the internet.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import _config as cfg
-from experiments import _vae_train, run_experiment, vae, vae_compare
+from experiments import _vae_train, data, run_experiment, vae, vae_compare
 from experiments._workdir import WorkdirError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +39,18 @@ TINY = [
 
 
 @pytest.fixture(autouse=True)
-def _mnist_env(monkeypatch):
-    if not os.environ.get("MNIST_DIR"):
-        monkeypatch.setenv("MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+def _no_download(monkeypatch):
+    """A test that reached for the internet would fail here, naming the URL."""
+
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"a test tried to download {url}")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
+
+
+def _small_mnist(folder: Path) -> list[str]:
+    """Overrides that read the test's own MNIST-format files (random pixels, so unverified)."""
+    return [f"data_dir={folder}", "verify_checksums=false"]
 
 
 def _config(name: str, *extra: str):
@@ -165,15 +174,17 @@ def test_data_dir_without_files_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["vae_mnist", "vae_mnist_burda"])
-def test_mnist_configs_smoke(tmp_path, name):
-    config = _config(name, "num_epochs=1", "train_examples=256", "hidden=(32,)")
+def test_mnist_configs_smoke(tmp_path, small_idx_dir, name):
+    config = _config(
+        name, "num_epochs=1", "train_examples=256", "hidden=(32,)", *_small_mnist(small_idx_dir)
+    )
     if name == "vae_mnist_burda":
         cfg.apply_overrides(config, ["hidden=(16, 16)", "latent_dim=5"])
     results = run_experiment(config, tmp_path / "run")
     assert results["epochs"] == 1 and np.isfinite(results["test_elbo"])
 
 
-def test_compare_configs_smoke(tmp_path):
+def test_compare_configs_smoke(tmp_path, small_idx_dir):
     """Both comparison configs, tiny. With the other tests of this file, every estimator runs
     through the runner: pathwise (training test), score_function (NaN test), NVIL (resume
     test), moving average and leave-one-out (digits here), IWAE (MNIST here)."""
@@ -185,7 +196,13 @@ def test_compare_configs_smoke(tmp_path):
     assert all(e in table for e in two) and "test log p(x)" in table
     assert (tmp_path / "digits" / "table.csv").read_text().count("\n") == 3
     assert (tmp_path / "digits" / "elbo_curves.png").exists()  # drawn even with figures=false
-    config = _config("vae_compare", "num_epochs=1", "train_examples=128", "estimators=('iwae',)")
+    config = _config(
+        "vae_compare",
+        "num_epochs=1",
+        "train_examples=128",
+        "estimators=('iwae',)",
+        *_small_mnist(small_idx_dir),
+    )
     assert run_experiment(config, tmp_path / "mnist")["runs"][0]["estimator"] == "iwae"
     for name in ("vae_compare", "vae_compare_digits"):  # the full lists are valid
         vae_compare.validate(_config(name))
