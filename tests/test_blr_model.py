@@ -65,7 +65,7 @@ def test_softplus_matches_jax():
 
 
 def test_kl_closed_form_against_monte_carlo():
-    """KL(q || N(0, I)) = E_q[log q(w) - log p(w)], estimated with 200k samples, within 5 SE."""
+    """KL(q || N(0, I)) = E_q[log q(w) - log p(w)], 200k samples, within z SE (one check)."""
     params = fixed_posterior(31, -0.7)
     q = lr.posterior(params)
     prior = estimators.Normal(jnp.zeros(31), jnp.ones(31))
@@ -74,7 +74,7 @@ def test_kl_closed_form_against_monte_carlo():
         jax.jit(jax.vmap(lambda w: q.log_prob(w) - prior.log_prob(w)))(ws), np.float64
     )
     se = log_ratio.std() / np.sqrt(log_ratio.size)
-    assert abs(log_ratio.mean() - float(lr.kl_to_prior(params))) <= 5 * se
+    assert abs(log_ratio.mean() - float(lr.kl_to_prior(params))) <= z_bonferroni(1) * se
     assert float(lr.kl_to_prior(lr.init_params(31))) == 0.0  # q = prior at initialisation
 
 
@@ -82,6 +82,7 @@ def test_measure_valued_fast_path_equals_library(data):
     """The O(B) measure-valued jacobians are estimators.measure_valued, to rounding."""
     features, labels = data[0][:64], data[1][:64]
     params = fixed_posterior(31, -1.0)
+    tol = float32_tolerance(params, features, labels)
     for coupling in (True, False):
         fast = jax.jit(
             functools.partial(lr.log_likelihood_measure_valued, num_samples=16, coupling=coupling)
@@ -97,8 +98,27 @@ def test_measure_valued_fast_path_equals_library(data):
             )
         )(params, features, labels, jax.random.key(3))
         for name in ("loc", "log_scale"):
-            # float32 rounding of costs of size ~|f| = O(30), divided by sigma ~ 0.37.
-            np.testing.assert_allclose(fast[name], ref[name], rtol=0, atol=2e-3)
+            np.testing.assert_allclose(fast[name], ref[name], rtol=0, atol=tol[name])
+
+
+def float32_tolerance(params, features, labels) -> dict[str, float]:
+    """Float32 rounding allowance for |fast - library| per measure-valued estimate.
+
+    An estimate is (f+ - f-) / (sigma_d sqrt(2 pi)) for loc and f+ - f- for log_scale, each
+    f = sum_n y_n z_n - softplus(z_n) over B rows: one evaluation carries <= (3 + sqrt(B)) eps S,
+    S = sum_n |y_n z_n| + softplus(z_n) (three roundings per term; the sum's error in the
+    probabilistic model of Higham & Mary 2019, sqrt(B) eps; the worst case B eps would give 1e-2,
+    500x the error observed), and the difference of two implementations of f+ - f- carries four
+    such errors. S is the largest over 256 draws of w ~ q, doubled for the one coordinate each
+    perturbed cost redraws from a Weibull/Maxwell part. With 64 rows: about 2e-3.
+    """
+    x, y = np.asarray(features, np.float64), np.asarray(labels, np.float64)
+    mu = np.asarray(params["loc"], np.float64)
+    sigma = np.exp(np.asarray(params["log_scale"], np.float64))
+    z = (mu + sigma * np.random.default_rng(0).normal(size=(256, mu.size))) @ x.T
+    big_s = 2 * np.max(np.sum(np.abs(y * z) + np.logaddexp(0, z), axis=1))
+    per_difference = 4 * (3 + np.sqrt(x.shape[0])) * np.finfo(np.float32).eps * big_s
+    return {"log_scale": per_difference, "loc": per_difference / (sigma.min() * np.sqrt(2 * np.pi))}
 
 
 @functools.partial(jax.jit, static_argnames=("variant", "num_samples"))
