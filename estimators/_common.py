@@ -40,6 +40,25 @@ def check_num_samples(num_samples: Any, who: str) -> int:
     return num_samples
 
 
+def plain_function(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` behind a fresh Python function, safe to hand to JAX's caching transforms.
+
+    ``jax.jit`` and ``jax.eval_shape`` cache on the callable through a weak reference. Some
+    callables cannot be weakly referenced (NumPy's array-function dispatchers such as
+    ``np.sum``, builtins, some C extensions): JAX raises ``TypeError: cannot create weak
+    reference``, and with JAX 0.10.2 the next such call in the process crashed the interpreter
+    (segmentation fault). A closure can always be referenced; it is new on every call, so
+    nothing is cached across calls either. Every user callable that ``estimators`` hands to a
+    caching transformation goes through this (today: the cost in :func:`build_and_check`;
+    ``vmap``/``grad`` do not cache on the callable).
+    """
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return call
+
+
 def build_and_check(
     function: CostFn, params: PyTree, dist_builder: DistBuilder, num_samples: int, who: str
 ) -> Distribution:
@@ -63,7 +82,7 @@ def build_and_check(
             f"sample_shape) and log_prob(x); got {type(dist).__name__}"
         )
     sample = jax.eval_shape(lambda k: dist.sample(k), jax.random.key(0))
-    out = jax.eval_shape(function, sample)
+    out = jax.eval_shape(plain_function(function), sample)
     if not (hasattr(out, "shape") and out.shape == ()):
         shape = getattr(out, "shape", type(out).__name__)
         raise ValueError(
