@@ -19,13 +19,14 @@ from ._distributions import Dirichlet as Dirichlet
 from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
-from ._distributions import multi_normal as multi_normal
 from ._measure_valued import CoordinateCostFn as CoordinateCostFn
 from ._measure_valued import measure_valued as measure_valued
+from ._optax_compat import MultiNormalDiagFromLogScale as MultiNormalDiagFromLogScale
 from ._optax_compat import control_delta_method as control_delta_method
 from ._optax_compat import control_variates_jacobians as control_variates_jacobians
 from ._optax_compat import measure_valued_jacobians as measure_valued_jacobians
 from ._optax_compat import moving_avg_baseline as moving_avg_baseline
+from ._optax_compat import multi_normal as multi_normal
 from ._optax_compat import pathwise_jacobians as pathwise_jacobians
 from ._optax_compat import score_function_jacobians as score_function_jacobians
 from ._pathwise import pathwise as pathwise
