@@ -9,6 +9,11 @@ the mean of the per-call means and its standard error over the calls (calls are 
 where optax's per-sample jacobians are not) give z = (ours - optax) / sqrt(se_ours^2 + se_optax^2)
 per gradient coordinate. Also printed: the exact gradient (closed form) for reference.
 
+Same key: where our draws are optax's (score function and pathwise with ``multi_normal``, alone,
+with the delta method or the moving-average baseline), the mean jacobian of each call is
+compared with optax's for the SAME key; the largest difference over calls and coordinates is
+printed relative to the largest |mean| (float32 rounding, ~1e-6, when the draws agree).
+
     python benchmarks/compare_optax026_mc.py [--baseline-python .venv-optax026/bin/python]
 """
 
@@ -25,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 from _optax026 import DEFAULT_BASELINE  # noqa: E402
 
 CASES = [
+    "score",
+    "pathwise",
     "mv_coupled",
     "mv_uncoupled",
     "delta_pathwise",
@@ -35,6 +42,8 @@ CASES = [
     "delta_mv_coeffs",
     "moving_avg_score",
 ]
+# Cases that draw optax's samples for the same key (not the measure-valued ones).
+SAME_KEY = [c for c in CASES if "mv" not in c]
 
 
 def _worker(kind: str, num_samples: int, reps: int) -> dict:
@@ -70,6 +79,8 @@ def _worker(kind: str, num_samples: int, reps: int) -> dict:
     }
 
     def case(name, key):
+        if name in ("score", "pathwise"):
+            return estimators_[name](f, params, multi_normal, key, num_samples)
         if name.startswith("mv_"):
             return mc.measure_valued_jacobians(
                 f, params, multi_normal, key, num_samples, name == "mv_coupled"
@@ -110,6 +121,7 @@ def _worker(kind: str, num_samples: int, reps: int) -> dict:
         out[name] = {
             "mean": means.mean(0).tolist(),
             "se": (means.std(0, ddof=1) / math.sqrt(reps)).tolist(),
+            "per_call": means.tolist(),
         }
     return out
 
@@ -176,6 +188,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name + ' optax':<24}" + " ".join(f"{v:>8.4f}" for v in t["mean"]))
         print(f"{name + ' z':<24}" + " ".join(f"{v:>8.2f}" for v in z))
     print(f"largest |z| over {len(CASES) * 6} comparisons: {worst:.2f}")
+    print("same key (same draws): max |ours - optax| / max |optax| over calls and coordinates")
+    for name in SAME_KEY:
+        o, t = ours[name]["per_call"], theirs[name]["per_call"]
+        pairs = [(a, b) for ro, rt in zip(o, t, strict=True) for a, b in zip(ro, rt, strict=True)]
+        diff = max(abs(a - b) for a, b in pairs)
+        size = max(abs(b) for rt in t for b in rt)
+        print(f"{name:<24}{diff / size:>10.2e}")
 
 
 if __name__ == "__main__":
