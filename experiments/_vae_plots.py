@@ -137,7 +137,7 @@ def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: 
         "(not comparable across estimators; † iwae: gradient of the IWAE bound)",
         fontsize=9,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax.grid(alpha=0.3, which="both")
     paths += save_figure(fig, Path(workdir) / "grad_variance_own_params")
     plt.close(fig)
@@ -179,7 +179,7 @@ def plot_protocol_variance(workdir: Path, protocol: dict[str, Any], *, title: st
         f"and keys\n{protocol['num_estimates']} estimates each; SE: jackknife",
         fontsize=9,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax.grid(alpha=0.3, which="both")
     paths = save_figure(fig, Path(workdir) / "grad_variance")
     plt.close(fig)
