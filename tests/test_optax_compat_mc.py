@@ -185,7 +185,7 @@ def test_optax_moving_avg_baseline_first_step_scales_gradient():
 # which would take pytest down with it instead of failing one test. The child computes every
 # entry point with each callable, eagerly and under jit, twice, next to the same entry point
 # with an equivalent cost written with jax.numpy (same key: same samples), and prints the
-# largest relative difference per (callable, entry point, mode, round).
+# largest difference relative to the result's scale per (callable, entry point, mode, round).
 ANY_CALLABLE_CHILD = r"""
 import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
@@ -239,8 +239,10 @@ def entry_points(f, key, names):
     return {name: calls[name]() for name in (names or calls)}
 
 def rel_err(a, b):
+    # Relative to the result's scale (at least 1): entries that are 0 in exact arithmetic
+    # (f - h for a linear f and its delta method) are float32 rounding, ~1e-7, on both sides.
     a, b = (np.concatenate([np.ravel(v) for v in jax.tree.leaves(t)]) for t in (a, b))
-    return float(np.max(np.abs(a - b) / (1e-6 + np.abs(b)), initial=0.0))
+    return float(np.max(np.abs(a - b), initial=0.0) / max(float(np.max(np.abs(b))), 1.0))
 
 # plan: (callable, mode, entry points or None for all). "quick": every callable through the
 # optax names' two plain estimators (eager and jit), and np.sum (the crash) through every
@@ -526,13 +528,14 @@ def test_optax_style_distribution_builder_unbiased():
         for j, g, name in zip(jac, exact, ("loc", "log_b"), strict=True):
             checks.add_mean(f"{est.__name__} {name}", j, g)
     checks.assert_ok()
-    # Companion: the same checks reject the log-scale chain rule forgotten (d/db, not d/dlog b),
-    # a bias of (1/b - 1) g: |err| / se >= 9 on coordinate 0 of both estimators (seed 8).
+    # Companion: the same checks (8, z = 4.37) reject the log-scale chain rule forgotten
+    # (d/db returned as d/dlog b, a bias of (1/b - 1) g): measured with key 8, all 4 log_b checks
+    # fail, |err|/se = 4.9 and 5.8 (score function), 15.1 and 14.6 (pathwise).
     wrong = cf.Checks()
     for item in checks.items:
         scale = np.exp(-np.asarray(log_b)) if item.label.endswith("log_b") else 1.0
         wrong.items.append(dataclasses.replace(item, estimate=item.estimate * scale))
-    assert len(wrong.failures(checks.z())) >= 2
+    assert len(wrong.failures(checks.z())) == 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -744,6 +747,9 @@ def test_drop_ins_unbiased_every_estimator_family_setting():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(1, 6))
 def test_drop_ins_unbiased_seeds(seed):
+    # With jax/jaxlib 0.10.2 on CPU this fails (pathwise, 3-D): jit(vmap(grad(f))) over more
+    # than 32768 noise elements returns wrong rows from row 32768 // 3 on, while the same call
+    # eagerly is right (see the issue 10 item 14 report). The check is right to fail.
     _battery(seed, 4 * BATTERY_SAMPLES).assert_ok()
 
 
