@@ -31,6 +31,14 @@ so a sample is an atom at ``tiny`` carrying the mass ``P(X <= tiny)``; ``log_pro
 ``x <= tiny`` is the log of that mass (in closed form), so the score function is the score of
 the law actually sampled and stays unbiased, and pathwise gradients are those of the unclipped
 sample (unbiased too: the clip moves a sample by less than ``tiny``).
+
+The upper end of the Beta. Below 1 the floats are ``epsneg`` apart (6e-8 in float32), and
+Beta(a, b < 1) puts a large mass within a few of these steps of 1 (Beta(1, 0.05): 44% within
+``1.5 epsneg``, all drawn as ``1 - epsneg``), where the density at the grid value is not the
+probability of drawing it. ``Beta.sample`` computes ``1 - x`` without cancellation so that a
+draw is the nearest float to the exact one, and ``Beta.log_prob`` at the top 4096 grid values
+(:data:`UPPER_CELLS`) is the log of the mass that rounds there (see :class:`Beta`); the
+pathwise gradient is that of the unrounded draw.
 """
 
 from __future__ import annotations
@@ -316,15 +324,56 @@ class Gamma(Distribution):
         return self._sum_event(jnp.where(at_atom, atom, density))
 
 
+# Beta near 1: the top UPPER_CELLS float values below 1 are atoms (see Beta).
+UPPER_CELLS = 4096
+
+
+def _upper_cell(x: Array) -> tuple[Array, Array]:
+    """``(near, k)``: whether ``x`` is one of the top :data:`UPPER_CELLS` floats below 1 (or 1
+    itself), and its index ``k >= 1`` (``x = 1 - k epsneg``; 1.0 counts as ``k = 1``, the value
+    the sampler's clip gives it). ``1 - x`` is exact for ``x >= 1/2`` (Sterbenz), so ``k`` is an
+    exact integer. Integer points use the default float's ``epsneg``."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    x = jnp.asarray(x, dtype)
+    eps = jnp.finfo(dtype).epsneg
+    k = jnp.round((1 - x) / eps)
+    near = (x >= 0.5) & (x <= 1) & (k <= UPPER_CELLS)
+    return near, jnp.clip(k, 1, UPPER_CELLS)
+
+
 @_pytree_dataclass
 class Beta(Distribution):
     r"""Beta(a, b), independent coordinates; implicit reparameterisation.
 
-    Samples lie in ``[tiny, 1 - epsneg]``; ``log_prob`` at ``x <= tiny`` is
+    Samples lie in ``[tiny, 1 - epsneg]``. At the lower end (see the module docstring)
+    ``log_prob`` at ``x <= tiny`` is
     :math:`\log P(X \le \mathrm{tiny}) = a \log \mathrm{tiny} - \log a - \log B(a, b)`
-    (relative error below ``tiny``). Near 1 a float32 sample lies on a grid of spacing
-    ``epsneg`` (6e-8), coarse where ``b < 1`` concentrates mass there; that end has no atom
-    correction.
+    (relative error below ``tiny``).
+
+    The upper end. Below 1 the floats are spaced ``e = epsneg`` apart (6e-8 in float32), and
+    with ``b < 1`` a large mass lies within a few ``e`` of 1 (Beta(1, 0.05): 44% within
+    ``1.5 e``), so the law actually sampled there is discrete and the density at a grid value
+    is not its probability. ``sample`` computes ``y = 1 - x = G_b / (G_a + G_b)`` from
+    log-gamma draws (no cancellation) and returns ``x = 1 - y`` rounded to nearest, then
+    clipped to ``1 - e``: the float ``1 - k e`` (``k >= 1``) is drawn exactly when ``y`` lies
+    in the cell ``[(k - 1/2) e, (k + 1/2) e]`` (``[0, 3e/2]`` for ``k = 1``, which also takes
+    the draws that round to 1.0). ``log_prob`` at the top :data:`UPPER_CELLS` (4096) values
+    ``x = 1 - k e`` (and at 1.0, counted as ``k = 1``) is the log of that cell's mass,
+    :math:`\log \int_{cell} t^{b-1} (1-t)^{a-1} dt - \log B(a, b)`, computed as
+    :math:`\log\frac{hi^b - lo^b}{b} + (a - 1)\log(1 - \bar t) - \log B(a, b)` with
+    :math:`\bar t` the mean of ``t`` under the weight :math:`t^{b-1}` on the cell (relative
+    error below :math:`a^2 e^2`, from the curvature of :math:`(1-t)^{a-1}` across one cell).
+    Beyond those cells the log-density is used: across one cell the density then differs from
+    the cell's mass over ``e`` by a relative :math:`(b-1)(b-2) / (24 k^2) < 10^{-8}`
+    (midpoint rule), below float resolution. So the score function is that of the law actually
+    sampled, and the pathwise gradient is the implicit reparameterisation gradient of the
+    unrounded, unclipped draw (straight-through).
+
+    Draws with ``y >= 2 UPPER_CELLS e`` are bitwise those of ``jax.random.beta`` with the same
+    key (same key split, log-gamma draws and quotient); only draws closer to 1 take the value
+    ``1 - y`` (a few ``e`` from before), and every gradient is bitwise that of before.
     """
 
     a: Array
@@ -350,19 +399,54 @@ class Beta(Distribution):
 
     def sample(self, key: Array, sample_shape: Shape = ()) -> Array:
         shape = (*sample_shape, *self.event_shape)
-        x = jax.random.beta(key, self.a, self.b, shape)
-        # In float32, Beta(a, b < 1) rounds ~5e-4 of its samples to exactly 1.0 (and a < 1 to
-        # 0.0), where log_prob is -inf and a score-function estimate NaN. Keep samples in the
-        # open interval; the clip moves them by at most one ulp and leaves the implicit
-        # reparameterisation gradient untouched.
+        dtype = jnp.result_type(float)  # jax.random.beta's default dtype
+        a, b = _expand(shape, jnp.asarray(self.a, dtype), jnp.asarray(self.b, dtype))
+        # jax.random.beta's own steps (same key split, same log-gamma draws, same quotient), so
+        # that draws away from 1 are bitwise unchanged; both log-gamma draws carry JAX's
+        # implicit reparameterisation gradient.
+        key_a, key_b = jax.random.split(key)
+        log_ga = jax.random.loggamma(key_a, a, shape, dtype)
+        log_gb = jax.random.loggamma(key_b, b, shape, dtype)
+        log_max = jnp.maximum(log_ga, log_gb)
+        ga, gb = jnp.exp(log_ga - log_max), jnp.exp(log_gb - log_max)
+        x = ga / (ga + gb)
+        # Near 1 the quotient rounds 1 + G_b/G_a to the grid above 1 (spacing 2e) before
+        # dividing; 1 - y with y = G_b / (G_a + G_b) taken in log space rounds once, to the
+        # nearest float below 1 (the cells that log_prob gives masses to). Only the value
+        # changes: the gradient stays that of the quotient (the same function of the draws), so
+        # every gradient is bitwise unchanged.
+        y = jax.lax.stop_gradient(jnp.exp(log_gb - (log_max + jnp.log(ga + gb))))
+        eps = jnp.finfo(dtype).epsneg
+        x = x + jax.lax.stop_gradient(jnp.where(y < 2 * UPPER_CELLS * eps, 1 - y, x) - x)
+        # Clip to [tiny, 1 - e] with the gradient of the unclipped draw: exact zeros (a < 1)
+        # become the lower atom, draws rounding to 1.0 the top cell.
         return _clip_to_support(x, upper=True)
 
     def log_prob(self, x: Array) -> Array:
         a, b = _expand(jnp.shape(x), self.a, self.b)
         at_atom, x_safe, log_tiny = _lower_atom(x)
-        density = (a - 1) * jnp.log(x_safe) + (b - 1) * jnp.log1p(-x) - special.betaln(a, b)
+        near, k = _upper_cell(x)
+        # Both atoms' entries at 1/2 in the density branch (finite values and gradients there).
+        x_mid = jnp.where(at_atom | near, 0.5, x_safe).astype(x_safe.dtype)
+        density = (a - 1) * jnp.log(x_mid) + (b - 1) * jnp.log1p(-x_mid) - special.betaln(a, b)
         atom = a * log_tiny - jnp.log(a) - special.betaln(a, b)
-        return self._sum_event(jnp.where(at_atom, atom, density))
+        top = self._upper_log_mass(a, b, k.astype(x_safe.dtype))
+        return self._sum_event(jnp.where(at_atom, atom, jnp.where(near, top, density)))
+
+    @staticmethod
+    def _upper_log_mass(a: Array, b: Array, k: Array) -> Array:
+        """Log mass of the cell of ``y = 1 - x`` that rounds to ``x = 1 - k e`` (``k >= 1``)."""
+        eps = jnp.finfo(k.dtype).epsneg
+        hi = (k + 0.5) * eps
+        lo = jnp.maximum(k - 0.5, 1.5) * eps  # k = 1 (lo = 0) is its own branch below
+        span = jnp.log1p(1.0 / jnp.maximum(k - 0.5, 1.5))  # log(hi / lo) for k >= 2
+        first = k < 1.5
+        # log(hi^b - lo^b), and the mean of t under t^(b-1) on [lo, hi].
+        log_diff = jnp.where(first, b * jnp.log(hi), b * jnp.log(lo) + jnp.log(jnp.expm1(b * span)))
+        t_bar = (b / (b + 1)) * jnp.where(
+            first, hi, lo * jnp.expm1((b + 1) * span) / jnp.expm1(b * span)
+        )
+        return log_diff - jnp.log(b) + (a - 1) * jnp.log1p(-t_bar) - special.betaln(a, b)
 
 
 @_pytree_dataclass
