@@ -7,6 +7,7 @@ have a leading ``num_samples`` axis. The ``*_surrogate`` forms return a scalar o
 ``jax.grad`` is the same estimator, for training.
 """
 
+from . import _xla_workaround as _xla_workaround  # first: XLA_FLAGS before any computation
 from ._common import draw_samples as draw_samples
 from ._control_variates import ControlVariate as ControlVariate
 from ._control_variates import baseline_control_variate as baseline_control_variate

@@ -747,9 +747,10 @@ def test_drop_ins_unbiased_every_estimator_family_setting():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(1, 6))
 def test_drop_ins_unbiased_seeds(seed):
-    # With jax/jaxlib 0.10.2 on CPU this fails (pathwise, 3-D): jit(vmap(grad(f))) over more
-    # than 32768 noise elements returns wrong rows from row 32768 // 3 on, while the same call
-    # eagerly is right (see the issue 10 item 14 report). The check is right to fail.
+    # 16,000 samples x 3 dimensions: past the 32,768 elements where jaxlib 0.10's XLA:CPU
+    # miscompiles jit(vmap(grad(f))) (a YNN reduce fusion); this battery failed (18-22 SE,
+    # pathwise 3-D) until estimators._xla_workaround, and now guards it with
+    # tests/test_xla_workaround.py.
     _battery(seed, 4 * BATTERY_SAMPLES).assert_ok()
 
 
