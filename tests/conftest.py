@@ -7,6 +7,9 @@ without it, a failure under ``CI=true``); tests that only need files in the MNIS
 ``small_idx_dir`` (see ``tests/_mnist.py``).
 """
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -15,6 +18,32 @@ import pytest
 from tests import _mnist
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_COMPILATION_CACHE: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One persistent XLA compilation cache for the session, shared with its subprocesses.
+
+    Many tests compile the same programs (tiny VAE and BLR runs, in-process and in
+    ``python -m experiments`` children); on 2 CPU cores compiling is most of their time. The
+    cache lives in a fresh temporary folder, removed at the end, so no run sees another's.
+    """
+    global _COMPILATION_CACHE
+    _COMPILATION_CACHE = Path(tempfile.mkdtemp(prefix="mcgrad-test-jax-cache-"))
+    settings = {
+        "jax_compilation_cache_dir": str(_COMPILATION_CACHE),
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _COMPILATION_CACHE is not None:
+        shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -189,7 +189,8 @@ def test_compare_configs_smoke(tmp_path, small_idx_dir):
     through the runner: pathwise (training test), score_function (NaN test), NVIL (resume
     test), moving average and leave-one-out (digits here), IWAE (MNIST here)."""
     two = ("score_function_moving_average", "score_function_loo")
-    config = _config("vae_compare_digits", "num_epochs=2", f"estimators={two!r}")
+    warmup = "grad_var_warmup_steps=5"  # the protocol's baseline warm-up, kept short here
+    config = _config("vae_compare_digits", "num_epochs=2", f"estimators={two!r}", warmup)
     results = run_experiment(config, tmp_path / "digits")
     assert tuple(r["estimator"] for r in results["runs"]) == two
     table = (tmp_path / "digits" / "table.md").read_text()
@@ -201,6 +202,7 @@ def test_compare_configs_smoke(tmp_path, small_idx_dir):
         "num_epochs=1",
         "train_examples=128",
         "estimators=('iwae',)",
+        warmup,
         *_small_mnist(small_idx_dir),
     )
     assert run_experiment(config, tmp_path / "mnist")["runs"][0]["estimator"] == "iwae"

@@ -36,7 +36,9 @@ print(json.dumps({"max_error": float(np.max(np.abs(jitted - exact))), "bad_rows"
 
 
 def _child(mode: str, xla_flags: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "MCGRAD_KEEP_XLA_FLAGS")}
+    # No shared compilation cache: each child must compile under its own XLA_FLAGS.
+    drop = ("XLA_FLAGS", "MCGRAD_KEEP_XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["JAX_PLATFORMS"] = "cpu"
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
