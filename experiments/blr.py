@@ -32,6 +32,7 @@ from . import _blr_plot
 from ._blr_config import VARIANTS
 from ._blr_data import breast_cancer
 from ._blr_train import Settings, make_program
+from ._diagnostics import NAN_CAUSES
 from ._workdir import atomic_write_bytes, read_json, write_json
 
 NUM_DATA = 569
@@ -192,9 +193,9 @@ def _train(
     ]
     if bad and not allow_divergence:
         raise ValueError(
-            f"{desc}: training produced NaN or inf for seed(s) {bad}; lower "
-            "config.learning_rate or raise config.num_samples (or set "
-            "config.allow_divergence=True to record diverged seeds as NaN)"
+            f"{desc}: training produced NaN or inf for seed(s) {bad}: {NAN_CAUSES} "
+            "(config.learning_rate, config.num_samples; or set config.allow_divergence=True "
+            "to record diverged seeds as NaN)"
         )
     if bad:
         print(f"warning: {desc}: seed(s) {bad} diverged (NaN/inf); kept as NaN", file=sys.stderr)

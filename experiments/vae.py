@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from . import _vae_plots, _vae_train, data
+from ._diagnostics import NAN_CAUSES
 from ._vae_config import ESTIMATORS
 from ._vae_train import MULTI_SAMPLE, TrainingDiverged
 from ._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
@@ -280,10 +281,16 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
             seconds = time.perf_counter() - t
             if not np.all(np.isfinite(losses)):
                 bad = int(np.argmin(np.isfinite(losses)))
+                kept = (
+                    f"the last good checkpoint (end of epoch {epoch}) is kept in "
+                    f"{workdir / 'checkpoints'}"
+                    if good_epoch >= 0
+                    else "no epoch finished, so no checkpoint was written"
+                )
                 raise TrainingDiverged(
                     f"estimator {config.estimator}: training loss is {losses[bad]} at step "
-                    f"{int(state['step']) + bad + 1} (epoch {epoch + 1}); run stopped, the last "
-                    f"good checkpoint (end of epoch {epoch}) is kept in {workdir / 'checkpoints'}"
+                    f"{int(state['step']) + bad + 1} (epoch {epoch + 1}); run stopped, {kept}. "
+                    f"A NaN or inf loss means {NAN_CAUSES}"
                 )
             state = new_state
             good_state, good_epoch = state, epoch
@@ -367,7 +374,7 @@ def _evaluate_and_finish(
     eval_time = time.perf_counter() - t
     if not (np.all(np.isfinite(elbo)) and np.all(np.isfinite(ll))):
         raise TrainingDiverged(
-            f"estimator {config.estimator}: non-finite test ELBO or log-likelihood"
+            f"estimator {config.estimator}: non-finite test ELBO or log-likelihood: {NAN_CAUSES}"
         )
     elbo_mean, elbo_se = _mean_se(elbo)
     ll_mean, ll_se = _mean_se(ll)
