@@ -269,16 +269,6 @@ class Normal(Distribution):
         return self._sum_event(lp)
 
 
-def multi_normal(loc: Array, log_scale: Array) -> Normal:
-    """Diagonal Normal from ``(loc, log_scale)``; drop-in for ``optax.monte_carlo.multi_normal``.
-
-    Args:
-      loc: ``[*event_shape]`` mean.
-      log_scale: ``[*event_shape]`` log standard deviation.
-    """
-    return Normal.from_log_scale(loc, log_scale)
-
-
 @_pytree_dataclass
 class Gamma(Distribution):
     r"""Gamma(concentration, rate), independent coordinates; implicit reparameterisation.
