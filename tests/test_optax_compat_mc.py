@@ -841,6 +841,22 @@ def _square(x):
     return jnp.sum(jnp.square(x))
 
 
+def _ma_score_function(key, n, state, *more):
+    """optax's call: score-function jacobians of ``_square`` with the moving-average baseline
+    at ``CV_PARAMS``; ``more`` is ``(estimate_cv_coeffs, num_samples_cv_state)``."""
+    return estimators.control_variates_jacobians(
+        _square,
+        estimators.moving_avg_baseline,
+        estimators.score_function_jacobians,
+        CV_PARAMS,
+        estimators.multi_normal,
+        key,
+        n,
+        state,
+        *more,
+    )
+
+
 def _square_grad() -> list:
     return jax.grad(lambda p: jnp.sum(jnp.square(p[0]) + jnp.exp(2 * p[1])))(CV_PARAMS)
 
@@ -853,16 +869,7 @@ def test_moving_avg_baseline_later_step_expectation():
     state = (jnp.asarray(2.0), 5)
 
     def one(key):
-        jac, new = estimators.control_variates_jacobians(
-            _square,
-            estimators.moving_avg_baseline,
-            estimators.score_function_jacobians,
-            CV_PARAMS,
-            estimators.multi_normal,
-            key,
-            n,
-            state,
-        )
+        jac, new = _ma_score_function(key, n, state)
         return [j.mean(0) for j in jac], new[1]
 
     means, steps = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(23), reps))
@@ -885,18 +892,7 @@ def test_estimated_coefficient_is_optax_pooled_formula():
     state = (jnp.asarray(3.0), 2)
 
     def call(coeffs):
-        return estimators.control_variates_jacobians(
-            _square,
-            estimators.moving_avg_baseline,
-            estimators.score_function_jacobians,
-            CV_PARAMS,
-            estimators.multi_normal,
-            key,
-            n,
-            state,
-            coeffs,
-            n_coef,
-        )[0]
+        return _ma_score_function(key, n, state, coeffs, n_coef)[0]
 
     with_c, with_one = call(True), call(False)
     f_jac = estimators.score_function_jacobians(_square, CV_PARAMS, estimators.multi_normal, key, n)
