@@ -3,7 +3,8 @@
 Every curve and point averages only the seeds that did not diverge (NaN/inf during training);
 the figures say how many seeds are behind each (``n = 3 of 5 seeds``) and how many diverged.
 Curves are the mean over those seeds, bands their range (min to max); sweep points are the mean
-± the sample sd. A single seed gets no band or error bar, and no line through it.
+± its standard error (sample sd / sqrt(n)), so points compare as estimates. A single seed gets
+no band or error bar, and no line through it.
 """
 
 from __future__ import annotations
@@ -203,15 +204,17 @@ def sweep_statistics(finals: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray
         not diverge (only those entries are read).
 
     Returns:
-      ``{"n": [V] int, "mean": [V], "sd": [V]}``: the mean (NaN where n = 0) and the sample sd
-      (``ddof=1``; NaN where n < 2, so no error bar comes from a single seed).
+      ``{"n": [V] int, "mean": [V], "sd": [V], "se": [V]}``: the mean (NaN where n = 0), the
+      sample sd (``ddof=1``) and the mean's standard error ``sd / sqrt(n)`` (both NaN where
+      n < 2, so no error bar comes from a single seed).
     """
     n = ok.sum(axis=0)
     kept = np.where(ok, finals, 0.0)  # diverged entries (NaN/inf) never enter the arithmetic
     mean = np.where(n > 0, kept.sum(axis=0) / np.maximum(n, 1), np.nan)
     dev = np.where(ok, kept - np.nan_to_num(mean)[None], 0.0)
     sd = np.where(n > 1, np.sqrt(np.square(dev).sum(axis=0) / np.maximum(n - 1, 1)), np.nan)
-    return {"n": n, "mean": mean, "sd": sd}
+    se = sd / np.sqrt(np.maximum(n, 1))
+    return {"n": n, "mean": mean, "sd": sd, "se": se}
 
 
 def _sweep_limits(all_stats: list[dict[str, np.ndarray]]) -> tuple[float, float]:
@@ -221,8 +224,8 @@ def _sweep_limits(all_stats: list[dict[str, np.ndarray]]) -> tuple[float, float]
     lows, highs, singles = [], [], []
     for stats in all_stats:
         several = stats["n"] >= 2
-        lows += list(stats["mean"][several] - stats["sd"][several])
-        highs += list(stats["mean"][several] + stats["sd"][several])
+        lows += list(stats["mean"][several] - stats["se"][several])
+        highs += list(stats["mean"][several] + stats["se"][several])
         singles += list(stats["mean"][stats["n"] == 1])
     if not lows:
         return -np.inf, np.inf
@@ -238,10 +241,10 @@ def _sweep_limits(all_stats: list[dict[str, np.ndarray]]) -> tuple[float, float]
 def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> list[Path]:
     """Final ELBO against the swept value, with the seeds behind each point and the divergences.
 
-    Top: mean ± sd over the seeds that did not diverge. A line joins two neighbouring points only
-    when both average at least two seeds; a point from a single seed is a hollow marker with no
-    line and no error bar; every point with fewer than all seeds is labelled ``n=k``. Bottom: the
-    number of seeds that diverged at each value.
+    Top: mean ± standard error over the seeds that did not diverge. A line joins two
+    neighbouring points only when both average at least two seeds; a point from a single seed is
+    a hollow marker with no line and no error bar; every point with fewer than all seeds is
+    labelled ``n=k``. Bottom: the number of seeds that diverged at each value.
     """
     plt = _plt()
     values = arrays["sweep_values"]
@@ -260,7 +263,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
         points[variant] = (x, sweep_statistics(finals, ok))
     low, high = _sweep_limits([stats for _, stats in points.values()])
     for variant, (x, stats) in points.items():
-        n, mean, sd = stats["n"], stats["mean"], stats["sd"]
+        n, mean, se = stats["n"], stats["mean"], stats["se"]
         color, style = COLORS[variant], STYLES.get(variant, "-")
         several = n >= 2
         # NaN breaks the line: it runs only between neighbouring points of >= 2 seeds.
@@ -275,7 +278,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
             label=LABELS[variant],
         )
         ax.errorbar(
-            x[several], mean[several], yerr=sd[several], color=color, ls="none", capsize=2, lw=1.0
+            x[several], mean[several], yerr=se[several], color=color, ls="none", capsize=2, lw=1.0
         )
         # A single seed: an isolated hollow marker; one off the scale of the multi-seed points
         # is drawn at the edge as a triangle pointing to it, its value written beside it.
@@ -322,7 +325,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
     ax.set_xscale("log")
     ax.set_ylabel(f"ELBO after {config.steps} steps")
     ax.set_title(
-        f"Final ELBO against {swept} ({fixed}): mean ± sd over the seeds that did not diverge,\n"
+        f"Final ELBO against {swept} ({fixed}): mean ± SE over the seeds that did not diverge,\n"
         f"of {total} seeds per point; n=k marks a point with fewer, the lower panel counts "
         "the diverged",
         fontsize=9.5,
@@ -344,14 +347,14 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
 
 
 def fig11(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
-    """Final ELBO against the number of samples N (mean and sd over seeds)."""
+    """Final ELBO against the number of samples N (mean and SE over seeds)."""
     xlabel = "number of samples N per gradient estimate"
     fixed = f"batch {config.batch_size}, delta-method c = {_coefficient(config)}"
     return _sweep(config, arrays, stem, xlabel, "N", fixed)
 
 
 def fig12(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
-    """Final ELBO against the minibatch size (mean and sd over seeds)."""
+    """Final ELBO against the minibatch size (mean and SE over seeds)."""
     fixed = f"N = {config.num_samples}, delta-method c = {_coefficient(config)}"
     return _sweep(config, arrays, stem, "minibatch size", "batch size", fixed)
 

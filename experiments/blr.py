@@ -218,6 +218,7 @@ def _final(metrics: dict, diverged: list[int], value: int | None, num_seeds: int
             final[f"{name}_mean"] = float(last.mean())
             if name == "elbo" and len(ok) > 1:
                 final["elbo_std"] = float(last.std(ddof=1))
+                final["elbo_se"] = float(last.std(ddof=1) / np.sqrt(len(ok)))
     return final
 
 

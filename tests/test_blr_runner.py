@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.stats import sem as stats_sem
 
 import estimators
 import experiments
@@ -347,8 +348,9 @@ def test_cv_coefficient_forms():
 
 
 def test_sweep_statistics_match_an_independent_computation():
-    """Mean and sample sd over the seeds that did not diverge, against numpy's nanmean and
-    nanstd(ddof=1) on the same values with the diverged entries set to NaN; n = 1 gives no sd."""
+    """Mean, sample sd and standard error over the seeds that did not diverge, against numpy's
+    nanmean and nanstd(ddof=1) and scipy's sem on the same values with the diverged entries set
+    to NaN; n = 1 gives no sd and no SE."""
     rng = np.random.default_rng(0)
     finals = rng.normal(-70, 3, (5, 4))
     ok = np.ones((5, 4), bool)
@@ -362,6 +364,10 @@ def test_sweep_statistics_match_an_independent_computation():
     np.testing.assert_allclose(stats["mean"][:3], np.nanmean(masked[:, :3], axis=0), 1e-12)
     np.testing.assert_allclose(stats["sd"][:2], np.nanstd(masked[:, :2], axis=0, ddof=1), 1e-12)
     assert np.isnan(stats["sd"][2:]).all() and np.isnan(stats["mean"][3])
+    # The error bars: the standard error of each mean, scipy's sem on the kept seeds.
+    for v in range(2):
+        np.testing.assert_allclose(stats["se"][v], stats_sem(finals[ok[:, v], v]), 1e-12)
+    assert np.isnan(stats["se"][2:]).all()
 
 
 def _sweep_arrays(total: int = 5):
@@ -390,7 +396,7 @@ def test_sweep_figure_counts_seeds_and_draws_no_line_through_a_single_seed(monke
     _blr_plot.fig11(config, _sweep_arrays(), tmp_path / "fig11")
     (fig,) = figures
     ax, ax_div = fig.axes
-    assert "mean ± sd over the seeds that did not diverge" in ax.get_title()
+    assert "mean ± SE over the seeds that did not diverge" in ax.get_title()
     assert "of 5 seeds per point" in ax.get_title()
     mean_line = next(line for line in ax.lines if line.get_label() == "score function")
     y = np.asarray(mean_line.get_ydata(), float)
@@ -425,7 +431,7 @@ def test_sweep_figure_draws_a_far_single_seed_at_the_edge(monkeypatch, tmp_path)
     _blr_plot.fig11(config, arrays, tmp_path / "fig11")
     ax = figures[0].axes[0]
     low, high = ax.get_ylim()
-    assert -80 < low < -74 and -71 < high < -69  # the n >= 2 points with their bars
+    assert -80 < low < -74 and -72 < high < -69  # the n >= 2 points with their SE bars
     (edge,) = [line for line in ax.lines if line.get_marker() == "v" and len(line.get_xdata())]
     assert np.asarray(edge.get_ydata())[0] == pytest.approx(low)
     assert "n=1: -9672 (off scale)" in [t.get_text() for t in ax.texts]
