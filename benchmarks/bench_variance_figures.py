@@ -5,8 +5,9 @@ E_{N(x; 1, 1)}[(x - k)^2] at every k of a grid (default 100 points of linspace(-
 ``--num-samples`` samples per point, for the score-function, pathwise and coupled
 measure-valued estimators.
 
-- ours: ``experiments._variance_mc.mc_moments``, the whole grid in ONE jitted computation per
-  estimator (the grid vmapped, samples in chunks), as ``python -m experiments run fig2`` does;
+- ours: ``experiments.variance.monte_carlo.mc_moments``, the whole grid in ONE jitted
+  computation per estimator (the grid vmapped, samples in chunks), as
+  ``python -m experiments run fig2`` does;
 - baseline: optax 0.2.6's ``optax.monte_carlo.*_jacobians`` with ``multi_normal``, jitted once
   with ``k`` as an argument and called in a Python loop over the grid, the variance and its
   standard error computed inside the jitted function.
@@ -40,22 +41,22 @@ def _ours(num_samples: int, grid: int, repeats: int) -> dict:
     import jax
     import numpy as np
 
-    from experiments import _variance_mc
-    from experiments._variance_costs import COSTS, K_TERMS
+    from experiments.variance import monte_carlo
+    from experiments.variance.costs import COSTS, K_TERMS
 
     ks = np.linspace(-3, 3, grid).astype(np.float32)
     weights = np.tile(COSTS["quadratic"].weight_vector(), (grid, 1)).astype(np.float32)
     constants = np.zeros(grid, np.float32)
     out = {}
     for est in ESTIMATORS:
-        chunks = tuple(_variance_mc.chunk_sizes(num_samples, grid, 1, est))
+        chunks = tuple(monte_carlo.chunk_sizes(num_samples, grid, 1, est))
 
         def call(seed: int, est=est, chunks=chunks) -> np.ndarray:
-            m = _variance_mc.mc_moments(
+            m = monte_carlo.mc_moments(
                 jax.random.key(seed), weights, ks, constants, np.float32(1), np.float32(1),
                 estimator=est, terms=K_TERMS, dim=1, chunks=chunks,
             )  # fmt: skip
-            return np.stack([_variance_mc.combine(m[p], chunks)[0] for p in ("loc", "scale")])
+            return np.stack([monte_carlo.combine(m[p], chunks)[0] for p in ("loc", "scale")])
 
         out[est] = _timed(call, repeats)
     return out

@@ -21,8 +21,10 @@ import pytest
 from scipy import stats
 
 import experiments
-from experiments import _cli, _variance_exact, _variance_mc, variance
-from experiments._variance_costs import COSTS
+from experiments import _cli, variance
+from experiments.variance import exact as quadrature
+from experiments.variance import monte_carlo
+from experiments.variance.costs import COSTS
 
 ALPHA = 1e-4  # family-wise false-alarm probability of one statistical test
 NODES = 512
@@ -32,7 +34,7 @@ def _exact(est, param, cost, k, *, dim=1.0, loc=1.0, scale=1.0, num_nodes=NODES)
     k = np.atleast_1d(np.asarray(k, np.float64))
     n = k.shape[0]
     c = COSTS[cost]
-    return _variance_exact.exact_variance(
+    return quadrature.exact_variance(
         est,
         param,
         np.tile(c.weight_vector(), (n, 1)),
@@ -98,7 +100,7 @@ def test_exact_closed_forms_in_d_dimensions():
 
 
 def test_quadrature_rules_integrate_known_moments():
-    q = _variance_exact.rules(NODES)
+    q = quadrature.rules(NODES)
     z, wz = q.normal_nodes, q.normal_weights
     r, wr = q.weibull_nodes, q.weibull_weights
     for w in (wz, q.maxwell_weights, wr, q.uniform_weights):
@@ -111,7 +113,7 @@ def test_quadrature_rules_integrate_known_moments():
 
 def test_maxwell_times_uniform_is_standard_normal():
     """The coupling eps = M U: E h(M U) = E h(eps) for moments and a characteristic function."""
-    q = _variance_exact.rules(NODES)
+    q = quadrature.rules(NODES)
     mu = q.normal_nodes[:, None] * q.uniform_nodes[None, :]
     w2 = q.maxwell_weights[:, None] * q.uniform_weights[None, :]
     for t in (0.5, 1.0, 2.5):
@@ -131,8 +133,8 @@ def _figure_rows():
 
 def test_exact_converges_in_the_number_of_nodes():
     for cost, ks in _figure_rows().items():
-        for est in _variance_exact.ESTIMATORS:
-            for p in _variance_exact.PARAMETERS:
+        for est in quadrature.ESTIMATORS:
+            for p in quadrature.PARAMETERS:
                 a = _exact(est, p, cost, ks, num_nodes=NODES)
                 b = _exact(est, p, cost, ks, num_nodes=2 * NODES)
                 # Relative, except where the variance is 0 (coupled d/dmu of (x-1)^2).
@@ -157,14 +159,14 @@ def test_combine_merges_chunks_exactly():
             [(((p - p.mean(1, keepdims=True)) ** 2).mean(2) ** 2).sum(1) for p in parts], 1
         ),
     }
-    var, se = _variance_mc.combine(moments, chunks)
+    var, se = monte_carlo.combine(moments, chunks)
     np.testing.assert_allclose(var, np.var(g[0], axis=0, ddof=1).mean(), rtol=1e-12)
     # D = 1, one chunk: the textbook standard error sqrt((m4 - m2^2) / N).
     x = g[0, :, :1]
     dev = x - x.mean()
     one = {"mean": x.mean(0)[None, None], "m2": (dev**2).sum(0)[None, None]}
     one |= {"h1": np.array([[np.sum(dev**2)]]), "h2": np.array([[np.sum(dev**4)]])}
-    _, se1 = _variance_mc.combine(one, (x.shape[0],))
+    _, se1 = monte_carlo.combine(one, (x.shape[0],))
     m2, m4 = np.mean(dev**2), np.mean(dev**4)
     assert se1[0] == pytest.approx(math.sqrt((m4 - m2**2) / x.shape[0]), rel=1e-12)
 
@@ -176,11 +178,11 @@ def _baseline_noise(param, cost, ks, num_samples):
     own; by the delta method Var(b_hat) = Var((f - b*) s^2) / (N E[s^2]^2). Three times that is
     the allowance (it is a known positive bias of order 1/N, not noise). One dimension only.
     """
-    q = _variance_exact.rules(NODES)
+    q = quadrature.rules(NODES)
     z, w = q.normal_nodes, q.normal_weights
     s2 = z**2 if param == "loc" else (z**2 - 1) ** 2
     weights = np.tile(COSTS[cost].weight_vector(), (len(ks), 1))
-    phi = _variance_exact._phi(1.0 + z, weights, np.asarray(ks, np.float64))
+    phi = quadrature._phi(1.0 + z, weights, np.asarray(ks, np.float64))
     es2 = w @ s2
     b = (phi * s2) @ w / es2
     resid = (phi - b[:, None]) * s2
@@ -266,8 +268,8 @@ def test_plot_redraws_from_saved_results_alone(tmp_path, monkeypatch):
     def no_computing(*args, **kwargs):
         raise AssertionError("plot must not recompute")
 
-    monkeypatch.setattr(_variance_mc, "mc_moments", no_computing)
-    monkeypatch.setattr(_variance_exact, "exact_variance", no_computing)
+    monkeypatch.setattr(monte_carlo, "mc_moments", no_computing)
+    monkeypatch.setattr(quadrature, "exact_variance", no_computing)
     paths = experiments.redraw(workdir)
     assert sorted(p.name for p in paths) == ["fig7.pdf", "fig7.png"]
     assert all(p.is_file() for p in paths)
@@ -320,7 +322,7 @@ def test_unknown_key_and_used_workdir_are_refused(tmp_path, capsys):
 
 def test_unused_terms_stay_finite_for_negative_k():
     """The k-figures evaluate every term; exp(-k x^2) with k < 0 must not leak inf/NaN."""
-    from experiments._variance_costs import K_TERMS, separable_cost
+    from experiments.variance.costs import K_TERMS, separable_cost
 
     w = jnp.asarray(COSTS["quadratic"].weight_vector(), jnp.float32)
 

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from experiments._variance_config import base_config
+from experiments.variance.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

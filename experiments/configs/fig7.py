@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from experiments._variance_config import base_config, grids
+from experiments.variance.config import base_config, grids
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -5,11 +5,11 @@ over ``k``, or a sum over coordinates as the dimension ``D`` grows), each figure
 single-sample variance of the estimates of :math:`\partial E f / \partial\mu` (left) and
 :math:`\partial E f / \partial\sigma` (right) made by several estimators, computed two ways:
 
-- exact, by numerical integration in float64 (``_variance_exact``), drawn as lines;
+- exact, by numerical integration in float64 (``exact``), drawn as lines;
 - Monte Carlo, from this project's own estimator functions (``estimators.score_function``,
   ``pathwise``, ``measure_valued``, and the score function with ``optimal_baseline``) with
-  ``num_samples`` samples per point (``_variance_mc``: one jitted computation per estimator
-  over the whole grid), drawn as points with +-2 standard-error bars.
+  ``num_samples`` samples per point (``monte_carlo``: one jitted computation per estimator over
+  the whole grid), drawn as points with +-2 standard-error bars.
 
 For ``D > 1`` the exact value is the variance for one coordinate (all coordinates are alike);
 the Monte Carlo value is the per-coordinate sample variance averaged over the ``D``
@@ -33,9 +33,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from . import _variance_exact, _variance_mc
-from ._variance_costs import COSTS, K_TERMS, active_terms
-from ._workdir import atomic_write_text, read_json, save_figure, write_json
+from .._workdir import atomic_write_text, read_json, save_figure, write_json
+from . import exact as quadrature
+from . import monte_carlo
+from .costs import COSTS, K_TERMS, active_terms
 
 ESTIMATOR_LABELS = {
     "score_function": "score function",
@@ -88,8 +89,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("num_samples", f"must be an int >= 2; got {config.num_samples!r}")
     if not isinstance(config.seed, int):
         _fail("seed", f"must be an int; got {config.seed!r}")
-    if not isinstance(config.num_nodes, int) or config.num_nodes < _variance_exact.PANEL_ORDER:
-        _fail("num_nodes", f"must be an int >= {_variance_exact.PANEL_ORDER}")
+    if not isinstance(config.num_nodes, int) or config.num_nodes < quadrature.PANEL_ORDER:
+        _fail("num_nodes", f"must be an int >= {quadrature.PANEL_ORDER}")
     for key, known in (
         ("estimators", ESTIMATOR_LABELS),
         ("parameters", PARAMETER_LABELS),
@@ -149,7 +150,7 @@ def _rows(config: ml_collections.ConfigDict, cost: str, x: np.ndarray) -> dict[s
 
 
 def _exact(config, estimator: str, parameter: str, rows: dict[str, np.ndarray]) -> np.ndarray:
-    return _variance_exact.exact_variance(
+    return quadrature.exact_variance(
         estimator,
         parameter,
         rows["weights"],
@@ -179,12 +180,12 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
     """Monte Carlo variance and standard error of both parameters for the rows of one call."""
     by_dim = "dims" in config
     # Each estimator (and D) has its own stream, whatever else the config computes.
-    key = jax.random.fold_in(jax.random.key(config.seed), _variance_mc.ESTIMATORS.index(estimator))
+    key = jax.random.fold_in(jax.random.key(config.seed), monte_carlo.ESTIMATORS.index(estimator))
     if by_dim:
         key = jax.random.fold_in(key, dim)
     costs = [COSTS[c] for c, _ in rows]
-    chunks = tuple(_variance_mc.chunk_sizes(config.num_samples, len(rows), dim, estimator))
-    moments = _variance_mc.mc_moments(
+    chunks = tuple(monte_carlo.chunk_sizes(config.num_samples, len(rows), dim, estimator))
+    moments = monte_carlo.mc_moments(
         key,
         np.array([c.weight_vector() for c in costs], np.float32),
         np.array([0.0 if by_dim else x for _, x in rows], np.float32),
@@ -196,7 +197,7 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
         dim=dim,
         chunks=chunks,
     )
-    return {p: _variance_mc.combine(moments[p], chunks) for p in _variance_mc.PARAMETERS}
+    return {p: monte_carlo.combine(moments[p], chunks) for p in monte_carlo.PARAMETERS}
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:

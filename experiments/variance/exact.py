@@ -1,7 +1,7 @@
 r"""Exact single-sample variances of the gradient estimators, by numerical integration (float64).
 
 For :math:`x \sim N(\mu, \sigma^2 I_D)` and a separable cost :math:`f(x) = a + \sum_d
-\phi(x_d)` (``_variance_costs``), each estimator's per-sample estimate of :math:`\partial
+\phi(x_d)` (``costs``), each estimator's per-sample estimate of :math:`\partial
 E f / \partial\theta_1` (the first coordinate; all coordinates are alike) is a term :math:`g`;
 this module computes :math:`\mathrm{Var}[g] = E[g^2] - (E g)^2` for a batch of costs at once
 (rows ``R``: one weight vector and one ``k`` per row). With :math:`\epsilon \sim N(0, 1)`:
@@ -40,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.polynomial import legendre
 
-from ._variance_costs import ESTIMATORS, PARAMETERS, TERMS, term, term_derivative
+from .costs import ESTIMATORS, PARAMETERS, TERMS, term, term_derivative
 
 # Densities are integrated over [-CUTOFF, CUTOFF] (or [0, CUTOFF]) in standard units: the
 # Gaussian, Maxwell and Weibull densities are below 1e-40 beyond it.

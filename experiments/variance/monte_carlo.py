@@ -19,7 +19,7 @@ import numpy as np
 
 import estimators
 
-from ._variance_costs import ESTIMATORS, PARAMETERS, separable_cost
+from .costs import ESTIMATORS, PARAMETERS, separable_cost
 
 # One vectorised step handles about this many scalar per-sample estimates: small enough to stay
 # in cache (2**21 ran 2-4x slower on a 2-core CPU), large enough to amortise the loop.
@@ -108,7 +108,7 @@ def mc_moments(
     """Per-chunk moments of ``estimator``'s per-sample estimates for every row of a grid.
 
     Row ``r`` is the cost ``constants[r] + sum_d sum_t weights[r, t] term_t(x_d; ks[r])``
-    (``_variance_costs.separable_cost``) under ``N(loc 1_D, scale^2 I_D)``; the gradient is
+    (``costs.separable_cost``) under ``N(loc 1_D, scale^2 I_D)``; the gradient is
     taken with respect to ``{"loc": [D], "scale": [D]}``.
 
     Args:
