@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import estimators
-from experiments import _blr_train
-from experiments._blr_data import breast_cancer
+from experiments.blr import train as blr_train
+from experiments.blr.data import breast_cancer
 from models import logistic_regression as lr
 from tests._closed_forms import bonferroni_z as z_bonferroni
 
@@ -34,8 +34,8 @@ def fixed_posterior(dim: int, log_scale: float) -> dict[str, jax.Array]:
     }
 
 
-def settings(variant: str) -> _blr_train.Settings:
-    return _blr_train.Settings(
+def settings(variant: str) -> blr_train.Settings:
+    return blr_train.Settings(
         variant=variant,
         steps=10,
         eval_every=10,
@@ -124,7 +124,7 @@ def float32_tolerance(params, features, labels) -> dict[str, float]:
 @functools.partial(jax.jit, static_argnames=("variant", "num_samples"))
 def _variant_jacobians(params, features, labels, key, baseline, *, variant, num_samples):
     moving_average = estimators.MovingAverage(baseline, jnp.ones((), jnp.int32), jnp.ones(()))
-    jac, _ = _blr_train.jacobians(
+    jac, _ = blr_train.jacobians(
         settings(variant),
         params,
         moving_average,
@@ -171,7 +171,7 @@ def fixed_point_jacobians(data):
             variant=variant,
             num_samples=NUM_SAMPLES,
         )
-        for i, variant in enumerate(_blr_train.VARIANTS)
+        for i, variant in enumerate(blr_train.VARIANTS)
     }
     return jac, ref
 
@@ -183,8 +183,8 @@ def test_every_variant_unbiased_at_fixed_posterior(fixed_point_jacobians):
     """
     jac, ref = fixed_point_jacobians
     ref_mean, ref_se, _ = _mean_se(ref)
-    z = z_bonferroni(len(_blr_train.VARIANTS) * 62)
-    for variant in _blr_train.VARIANTS:
+    z = z_bonferroni(len(blr_train.VARIANTS) * 62)
+    for variant in blr_train.VARIANTS:
         mean, se, _ = _mean_se(jac[variant])
         err = np.abs(mean - ref_mean) / np.sqrt(se**2 + ref_se**2)
         assert err.max() <= z, f"{variant}: max |mean - ref| / SE = {err.max():.2f} > {z:.2f}"
@@ -196,7 +196,7 @@ def test_bias_would_be_detected(fixed_point_jacobians):
     ref_mean, ref_se, _ = _mean_se(ref)
     mean, se, _ = _mean_se(jac["pathwise"])
     err = np.abs(1.05 * mean - ref_mean) / np.sqrt((1.05 * se) ** 2 + ref_se**2)
-    assert err.max() > z_bonferroni(len(_blr_train.VARIANTS) * 62)
+    assert err.max() > z_bonferroni(len(blr_train.VARIANTS) * 62)
 
 
 def _average_variance(jac) -> tuple[float, float]:
@@ -214,7 +214,7 @@ def test_variance_ordering_at_fixed_posterior(fixed_point_jacobians):
     Each margin (difference of average variances) must exceed z SE (Bonferroni over 2 checks).
     """
     jac, _ = fixed_point_jacobians
-    var = {v: _average_variance(jac[v]) for v in _blr_train.VARIANTS}
+    var = {v: _average_variance(jac[v]) for v in blr_train.VARIANTS}
     z = z_bonferroni(2)
     for low, high in (("pathwise", "score_function"), ("score_function_delta", "score_function")):
         (v_low, se_low), (v_high, se_high) = var[low], var[high]

@@ -16,8 +16,10 @@ from scipy.stats import sem as stats_sem
 
 import estimators
 import experiments
-from experiments import _blr_plot, _blr_train, blr
-from experiments._blr_data import breast_cancer
+from experiments import blr
+from experiments.blr import plots as blr_plots
+from experiments.blr import train as blr_train
+from experiments.blr.data import breast_cancer
 from models import logistic_regression as lr
 
 # N = 50 as in the paper: with a handful of samples the score function diverges in 20 steps.
@@ -251,7 +253,7 @@ def test_moving_average_baseline_is_read_before_its_update():
         x, y = features[idx], labels[idx]
         costs, score = _score_and_costs(params, x, y, key, n, scale)
         jac, paired = jax.jit(
-            lambda p, s, x, y, k: _blr_train.jacobians(
+            lambda p, s, x, y, k: blr_train.jacobians(
                 settings, p, s, x, y, k, num_samples=n, scale=scale
             )
         )(params, state, x, y, key)
@@ -263,9 +265,9 @@ def test_moving_average_baseline_is_read_before_its_update():
     # The whole step (labels as they are): new state and new params.
     features, labels, params, idx, key = _step_inputs()
     costs, score = _score_and_costs(params, features[idx], labels[idx], key, n, scale)
-    opt = _blr_train.optimizer(settings)
-    carry = _blr_train.Carry(params, opt.init(params), state)
-    step = jax.jit(lambda c, xs: _blr_train._train_step(settings, features, labels, c, xs))
+    opt = blr_train.optimizer(settings)
+    carry = blr_train.Carry(params, opt.init(params), state)
+    step = jax.jit(lambda c, xs: blr_train._train_step(settings, features, labels, c, xs))
     new, _ = step(carry, (idx, key))
     d = settings.moving_average_decay
     np.testing.assert_allclose(new.moving_average.value, d * -15.0 + (1 - d) * costs.mean(), 1e-5)
@@ -305,7 +307,7 @@ def test_cv_coefficient_reaches_the_control_variate(text, coefficient):
     settings = _settings("pathwise_delta", [f"cv_coefficient={text}"])
     assert settings.cv_coefficient == coefficient and settings.cv_coefficient_samples == 25
     got, _ = jax.jit(
-        lambda p, k: _blr_train.jacobians(settings, p, None, x, y, k, num_samples=50, scale=scale)
+        lambda p, k: blr_train.jacobians(settings, p, None, x, y, k, num_samples=50, scale=scale)
     )(params, key)
 
     def cost(w):
@@ -358,7 +360,7 @@ def test_sweep_statistics_match_an_independent_computation():
     ok[:4, 2] = False  # n = 1
     ok[:, 3] = False  # n = 0
     finals[~ok] = np.where(rng.random((~ok).sum()) < 0.5, np.nan, np.inf)
-    stats = _blr_plot.sweep_statistics(finals, ok)
+    stats = blr_plots.sweep_statistics(finals, ok)
     masked = np.where(ok, finals, np.nan)
     assert stats["n"].tolist() == [5, 2, 1, 0]
     np.testing.assert_allclose(stats["mean"][:3], np.nanmean(masked[:, :3], axis=0), 1e-12)
@@ -390,10 +392,10 @@ def test_sweep_figure_counts_seeds_and_draws_no_line_through_a_single_seed(monke
     and no error bar through it, every point with fewer than 5 seeds is labelled n=k, the lower
     panel counts the diverged seeds, and the title says what is averaged."""
     figures = []
-    monkeypatch.setattr(_blr_plot, "save_figure", lambda fig, stem: figures.append(fig) or [])
+    monkeypatch.setattr(blr_plots, "save_figure", lambda fig, stem: figures.append(fig) or [])
     config = experiments.load_config("fig11")
     experiments.apply_overrides(config, ["variants=('score_function', 'pathwise')"])
-    _blr_plot.fig11(config, _sweep_arrays(), tmp_path / "fig11")
+    blr_plots.fig11(config, _sweep_arrays(), tmp_path / "fig11")
     (fig,) = figures
     ax, ax_div = fig.axes
     assert "mean ± SE over the seeds that did not diverge" in ax.get_title()
@@ -425,10 +427,10 @@ def test_sweep_figure_draws_a_far_single_seed_at_the_edge(monkeypatch, tmp_path)
     arrays = _sweep_arrays()
     arrays["score_function/num_samples=10/elbo"][0, -1] = -9672.0
     figures = []
-    monkeypatch.setattr(_blr_plot, "save_figure", lambda fig, stem: figures.append(fig) or [])
+    monkeypatch.setattr(blr_plots, "save_figure", lambda fig, stem: figures.append(fig) or [])
     config = experiments.load_config("fig11")
     experiments.apply_overrides(config, ["variants=('score_function', 'pathwise')"])
-    _blr_plot.fig11(config, arrays, tmp_path / "fig11")
+    blr_plots.fig11(config, arrays, tmp_path / "fig11")
     ax = figures[0].axes[0]
     low, high = ax.get_ylim()
     assert -80 < low < -74 and -72 < high < -69  # the n >= 2 points with their SE bars
@@ -457,10 +459,10 @@ def test_curve_legend_gives_seed_counts_and_divergence(monkeypatch, tmp_path):
             arrays[f"{variant}/{name}"] = a
         arrays[f"{variant}/diverged"] = np.arange(5) >= n
     figures = []
-    monkeypatch.setattr(_blr_plot, "save_figure", lambda fig, stem: figures.append(fig) or [])
+    monkeypatch.setattr(blr_plots, "save_figure", lambda fig, stem: figures.append(fig) or [])
     config = experiments.load_config("fig9")
     experiments.apply_overrides(config, [f"variants={tuple(kept)!r}"])
-    _blr_plot.fig9(config, arrays, tmp_path / "fig9")
+    blr_plots.fig9(config, arrays, tmp_path / "fig9")
     labels = figures[0].axes[1].get_legend_handles_labels()[1]
     assert labels == [
         "score function (n = 3 of 5 seeds, 2/5 diverged)",

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from experiments._blr_config import base_config
+from experiments.blr.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

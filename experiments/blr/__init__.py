@@ -28,12 +28,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from . import _blr_plot
-from ._blr_config import VARIANTS
-from ._blr_data import breast_cancer
-from ._blr_train import Settings, make_program
-from ._diagnostics import NAN_CAUSES
-from ._workdir import atomic_write_bytes, read_json, write_json
+from .._diagnostics import NAN_CAUSES
+from .._workdir import atomic_write_bytes, read_json, write_json
+from . import plots
+from .config import VARIANTS
+from .data import breast_cancer
+from .train import Settings, make_program
 
 NUM_DATA = 569
 FIGURES = {"fig8": "", "fig9": "", "fig11": "num_samples", "fig12": "batch_size"}
@@ -321,8 +321,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
 
 def load_results(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict[str, np.ndarray]]:
     """The saved config and arrays of a finished run (clear error if missing or corrupt)."""
-    from ._config import config_from_dict
-    from ._workdir import WorkdirError
+    from .._config import config_from_dict
+    from .._workdir import WorkdirError
 
     workdir = Path(workdir)
     config = config_from_dict(read_json(workdir / "config.json"))
@@ -343,5 +343,5 @@ def plot(workdir: str | Path) -> list[Path]:
     config, arrays = load_results(workdir)
     paths: list[Path] = []
     for fig in config.figures:
-        paths += _blr_plot.DRAW[fig](config, arrays, workdir / fig)
+        paths += plots.DRAW[fig](config, arrays, workdir / fig)
     return paths

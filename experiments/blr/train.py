@@ -21,7 +21,7 @@ import optax
 import estimators
 from models import logistic_regression as lr
 
-from ._blr_config import VARIANTS
+from .config import VARIANTS
 
 Array = jax.Array
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ._blr_train import LABELS
-from ._workdir import save_figure
+from .._workdir import save_figure
+from .train import LABELS
 
 COLORS = {
     "score_function": "tab:red",
