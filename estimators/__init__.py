@@ -5,9 +5,31 @@ Every estimator takes a cost ``f`` written for one sample, the parameters of a d
 samples, and returns one gradient estimate per sample: a pytree like the parameters whose leaves
 have a leading ``num_samples`` axis. The ``*_surrogate`` forms return a scalar objective whose
 ``jax.grad`` is the same estimator, for training.
+
+Every estimator is also a :class:`GradientEstimator` (per-sample form, surrogate, optional
+state, declared capabilities) in :mod:`estimators.registry`, which composes estimators with
+baselines and control variates by name: ``estimators.registry.get("score_function+loo")``.
 """
 
 from . import _xla_workaround as _xla_workaround  # first: XLA_FLAGS before any computation
+from . import registry as registry
+from ._baselines import Baseline as Baseline
+from ._baselines import BaselineInputs as BaselineInputs
+from ._baselines import MovingAverage as MovingAverage
+from ._baselines import NVILState as NVILState
+from ._baselines import leave_one_out_baseline as leave_one_out_baseline
+from ._baselines import moving_average_baseline as moving_average_baseline
+from ._baselines import moving_average_init as moving_average_init
+from ._baselines import moving_average_update as moving_average_update
+from ._baselines import nvil_baseline as nvil_baseline
+from ._baselines import optimal_baseline as optimal_baseline
+from ._capabilities import Capability as Capability
+from ._capabilities import Discrete as Discrete
+from ._capabilities import FactorizedMoments as FactorizedMoments
+from ._capabilities import HasScore as HasScore
+from ._capabilities import Reparameterizable as Reparameterizable
+from ._capabilities import StandardNoise as StandardNoise
+from ._capabilities import WeakDerivative as WeakDerivative
 from ._common import draw_samples as draw_samples
 from ._control_variates import ControlVariate as ControlVariate
 from ._control_variates import baseline_control_variate as baseline_control_variate
@@ -20,6 +42,9 @@ from ._distributions import Dirichlet as Dirichlet
 from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
+from ._interface import GradientEstimator as GradientEstimator
+from ._interface import gradient_estimator as gradient_estimator
+from ._interface import surrogate_from_per_sample as surrogate_from_per_sample
 from ._measure_valued import CoordinateCostFn as CoordinateCostFn
 from ._measure_valued import measure_valued as measure_valued
 from ._optax_compat import MultiNormalDiagFromLogScale as MultiNormalDiagFromLogScale
@@ -32,11 +57,5 @@ from ._optax_compat import pathwise_jacobians as pathwise_jacobians
 from ._optax_compat import score_function_jacobians as score_function_jacobians
 from ._pathwise import pathwise as pathwise
 from ._pathwise import pathwise_surrogate as pathwise_surrogate
-from ._score_function import MovingAverage as MovingAverage
-from ._score_function import leave_one_out_baseline as leave_one_out_baseline
-from ._score_function import moving_average_baseline as moving_average_baseline
-from ._score_function import moving_average_init as moving_average_init
-from ._score_function import moving_average_update as moving_average_update
-from ._score_function import optimal_baseline as optimal_baseline
 from ._score_function import score_function as score_function
 from ._score_function import score_function_surrogate as score_function_surrogate

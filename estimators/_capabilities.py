@@ -19,9 +19,16 @@ declares what it is works with every estimator that needs only that.
 
 from __future__ import annotations
 
+import abc
 
-class Capability:
-    """Base of the capability markers; carries no behaviour."""
+
+class Capability(abc.ABC):  # noqa: B024 (markers: no abstract methods on purpose)
+    """Base of the capability markers; carries no behaviour.
+
+    The markers are abstract base classes, so a distribution class defined elsewhere (another
+    library's) can be declared without subclassing: ``estimators.Reparameterizable.register(
+    TheirNormal)``.
+    """
 
 
 class HasScore(Capability):

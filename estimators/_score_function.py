@@ -9,138 +9,16 @@ Needs no gradient of ``f`` and works for discrete ``x``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
 
-Baseline = Array | float | Callable[[Array], Array] | PyTree | None
+BaselineArg = Array | float | Callable[[Array], Array] | PyTree | None
 
 
-def leave_one_out_baseline(costs: Array) -> Array:
-    r"""Leave-one-out baseline :math:`b_i = \frac{1}{N-1}\sum_{j \ne i} f(x_j)`.
-
-    ``b_i`` is independent of ``x_i``, so the score-function estimator stays unbiased
-    (Kool et al. 2019; Mnih & Rezende 2016).
-
-    Args:
-      costs: ``[num_samples]`` costs, ``num_samples >= 2``.
-
-    Returns:
-      ``[num_samples]`` baselines.
-    """
-    n = costs.shape[0]
-    if n < 2:
-        raise ValueError(f"leave_one_out_baseline needs num_samples >= 2; got {n}")
-    return (jnp.sum(costs) - costs) / (n - 1)
-
-
-class MovingAverage(NamedTuple):
-    """State of an exponential moving average of the mean cost (a score-function baseline).
-
-    ``value`` is the raw average (started at 0), ``step`` the number of updates and
-    ``total_weight`` the weight the updates carry in total (``1 - decay**step`` for a constant
-    decay), so that ``value / total_weight`` is the zero-debiased average. A state built by
-    hand as ``MovingAverage(value, step)`` reads back as ``value``.
-    """
-
-    value: Array
-    step: Array
-    total_weight: Array | float = 1.0
-
-
-def moving_average_init() -> MovingAverage:
-    """The empty moving average: value 0, step 0, no weight (its baseline is 0)."""
-    return MovingAverage(jnp.zeros(()), jnp.zeros((), jnp.int32), jnp.zeros(()))
-
-
-def moving_average_update(
-    state: MovingAverage,
-    costs: Array,
-    *,
-    decay: float = 0.99,
-    early_training_heuristic: bool = False,
-) -> MovingAverage:
-    r"""Fold the mean of ``costs: [num_samples]`` into the average: :math:`v \leftarrow d v + (1-d)
-    \bar f`.
-
-    Update AFTER computing the estimate with :func:`moving_average_baseline` of the old state, so
-    the baseline never depends on the samples it is paired with (the estimate stays unbiased).
-    ``early_training_heuristic`` uses ``d = min(decay, (1 + step) / (10 + step))`` (the TensorFlow
-    and optax heuristic). No gradient flows into the state.
-
-    Returns:
-      The new :class:`MovingAverage`; ``value`` and ``total_weight`` are ``[]``.
-    """
-    if jnp.ndim(costs) != 1:
-        raise ValueError(
-            "moving_average_update: costs must be [num_samples]; "
-            f"got shape {list(jnp.shape(costs))}"
-        )
-    step = jnp.asarray(state.step)
-    d = jnp.asarray(decay, jnp.result_type(float))
-    if early_training_heuristic:
-        d = jnp.minimum(d, (1.0 + step) / (10.0 + step))
-    mean = jnp.mean(jax.lax.stop_gradient(costs))
-    return MovingAverage(
-        value=d * state.value + (1 - d) * mean,
-        step=step + 1,
-        total_weight=d * state.total_weight + (1 - d),
-    )
-
-
-def moving_average_baseline(state: MovingAverage, *, zero_debias: bool = True) -> Array:
-    """The baseline ``[]`` held by ``state``, for ``score_function(..., baseline=...)``.
-
-    With ``zero_debias`` the raw average is divided by its total weight (so the first update
-    gives exactly the first mean cost, not ``(1 - decay)`` times it); an empty state gives 0.
-    """
-    value = jnp.asarray(state.value)
-    if not zero_debias:
-        return jax.lax.stop_gradient(value)
-    w = jnp.asarray(state.total_weight, value.dtype)
-    return jax.lax.stop_gradient(jnp.where(w > 0, value / jnp.where(w > 0, w, 1), value))
-
-
-def optimal_baseline(
-    function: CostFn,
-    params: PyTree,
-    dist_builder: DistBuilder,
-    key: Array,
-    *,
-    num_samples: int,
-) -> PyTree:
-    r"""Per-parameter variance-minimising baselines :math:`b^*_j = E[f s_j^2] / E[s_j^2]`.
-
-    ``s_j`` is the score :math:`\partial_{\theta_j}\log p(x;\theta)`; with :math:`b_j` fixed,
-    the variance of :math:`(f - b_j) s_j` is minimal at :math:`b^*_j`. The expectations are
-    estimated from ``num_samples`` samples drawn with ``key``: pass a key INDEPENDENT of the
-    estimator's (e.g. from ``jax.random.split``) so the score-function estimate stays unbiased.
-
-    Returns:
-      A pytree like ``params`` (each leaf ``leaf.shape``), to pass as
-      ``score_function(..., baseline=...)``. A coordinate whose score is 0 on every sample
-      gets baseline 0.
-    """
-    build_and_check(function, params, dist_builder, num_samples, "optimal_baseline")
-    xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
-    costs = jax.vmap(function)(xs)
-    scores = jax.vmap(jax.grad(lambda p, x: dist_builder(p).log_prob(x)), in_axes=(None, 0))(
-        params, xs
-    )
-
-    def per_leaf(s: Array) -> Array:
-        s2 = jnp.square(s)
-        num = jnp.tensordot(costs, s2, axes=1)
-        den = jnp.sum(s2, axis=0)
-        return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0.0)
-
-    return jax.lax.stop_gradient(jax.tree.map(per_leaf, scores))
-
-
-def _is_per_parameter(baseline: Baseline, params: PyTree, num_samples: int) -> bool:
+def _is_per_parameter(baseline: BaselineArg, params: PyTree, num_samples: int) -> bool:
     """Whether ``baseline`` is a pytree of per-parameter baselines shaped like ``params``."""
     if baseline is None or callable(baseline):
         return False
@@ -166,7 +44,7 @@ def _per_parameter_baselines(baseline: PyTree, params: PyTree, who: str) -> PyTr
     return jax.tree_util.tree_map_with_path(check, baseline, params)
 
 
-def _baselines(baseline: Baseline, costs: Array, who: str) -> Array:
+def _baselines(baseline: BaselineArg, costs: Array, who: str) -> Array:
     """``[num_samples]`` baselines, with no gradient flowing through them."""
     n = costs.shape[0]
     if baseline is None:
@@ -186,7 +64,7 @@ def score_function(
     key: Array,
     *,
     num_samples: int,
-    baseline: Baseline = None,
+    baseline: BaselineArg = None,
 ) -> PyTree:
     r"""Per-sample score-function estimates of :math:`\nabla_\theta E_{p(x;\theta)}[f(x)]`.
 
@@ -236,7 +114,7 @@ def score_function_surrogate(
     key: Array,
     *,
     num_samples: int,
-    baseline: Baseline = None,
+    baseline: BaselineArg = None,
 ) -> Array:
     r"""Scalar objective whose ``jax.grad`` is the score-function estimator.
 

@@ -1,0 +1,432 @@
+"""The registry of named estimators and their combinations.
+
+A spec names a base estimator and, after ``+``, modifiers applied left to right::
+
+    "pathwise"                      "score_function+loo"         "pathwise+delta"
+    "measure_valued"                "score_function+moving_average"
+    "measure_valued_uncoupled"      "score_function+optimal"     "score_function+delta"
+    "iwae"                          "score_function+nvil"        "mypkg.mymod:my_estimator"
+
+A base is a registered name or an importable path ``"package.module:attribute"`` naming a
+:class:`GradientEstimator`, a function with ``estimators.pathwise``'s signature, or a factory
+``(**options) -> GradientEstimator``. A modifier is a baseline (``loo``, ``moving_average``,
+``optimal``, ``nvil``; only for estimators that take one, such as the score function) or a
+control variate (``delta``). Options tune the pieces: ``cv_coefficient`` (a float or
+``"optimal"``), ``cv_coefficient_samples``, ``moving_average_decay``,
+``early_training_heuristic``, ``optimal_baseline_samples``, and ``nvil`` (``(apply, params,
+optimizer)`` of the learned baseline's network, see :func:`estimators.nvil_baseline`).
+
+>>> import estimators
+>>> est = estimators.registry.get("score_function+loo")
+>>> est.name, est.label, est.min_samples
+('score_function+loo', 'score function + leave-one-out', 2)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from . import _baselines
+from ._baselines import Baseline, BaselineInputs
+from ._capabilities import FactorizedMoments, HasScore, Reparameterizable, WeakDerivative
+from ._common import (
+    Array,
+    CostFn,
+    DistBuilder,
+    PyTree,
+    build_and_check,
+    sample_from_noise,
+    sample_noise,
+)
+from ._control_variates import delta_method, with_control_variate
+from ._interface import GradientEstimator, gradient_estimator
+from ._measure_valued import measure_valued
+from ._pathwise import pathwise, pathwise_surrogate
+from ._score_function import score_function, score_function_surrogate
+
+Factory = Callable[..., GradientEstimator]
+Modifier = Callable[..., GradientEstimator]
+
+# Every option a runner may pass; a name outside these is a typo, and an error.
+OPTIONS: dict[str, Any] = {
+    "cv_coefficient": 1.0,
+    "cv_coefficient_samples": 20,
+    "moving_average_decay": 0.99,
+    "early_training_heuristic": False,
+    "optimal_baseline_samples": None,
+    "nvil": None,
+}
+
+
+# --- The built-in estimators --------------------------------------------------------------
+
+
+def _checked(est: GradientEstimator) -> GradientEstimator:
+    """``est`` whose ``per_sample``/``surrogate`` first check the distribution and sample
+    count against what it declares (a clear error, at trace time)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def checked(function, params, dist_builder, key, *, num_samples, **kwargs):
+            est.check(dist_builder(params), num_samples)
+            return fn(function, params, dist_builder, key, num_samples=num_samples, **kwargs)
+
+        return checked
+
+    return est._replace(per_sample=wrap(est.per_sample), surrogate=wrap(est.surrogate))
+
+
+def pathwise_estimator() -> GradientEstimator:
+    """:func:`estimators.pathwise` as a :class:`GradientEstimator` (reparameterisable
+    distributions; one gradient of ``f`` per sample)."""
+    return gradient_estimator(
+        "pathwise",
+        pathwise,
+        surrogate=pathwise_surrogate,
+        requires=(Reparameterizable,),
+        label="pathwise",
+    )
+
+
+def score_function_estimator(baseline: Baseline | None = None) -> GradientEstimator:
+    """:func:`estimators.score_function`, optionally with a :class:`estimators.Baseline`.
+
+    The baseline's value is formed from the state before the estimate (and, for ``optimal``,
+    from independent samples); ``update`` passes the costs on to the baseline's ``update``.
+    """
+    if baseline is None:
+        return gradient_estimator(
+            "score_function",
+            score_function,
+            surrogate=score_function_surrogate,
+            requires=(HasScore,),
+            label="score function",
+            with_baseline=score_function_estimator,
+        )
+    if not isinstance(baseline, Baseline):
+        raise TypeError(
+            f"score_function_estimator: baseline must be an estimators.Baseline; got "
+            f"{type(baseline).__name__}"
+        )
+
+    def value(function, params, dist_builder, key, num_samples, state, context):
+        inputs = BaselineInputs(function, params, dist_builder, key, num_samples, context)
+        return baseline.value(state, inputs)
+
+    def per_sample(function, params, dist_builder, key, *, num_samples, state=(), context=None):
+        b = value(function, params, dist_builder, key, num_samples, state, context)
+        return score_function(
+            function, params, dist_builder, key, num_samples=num_samples, baseline=b
+        )
+
+    surrogate = None
+    if not baseline.per_parameter:
+
+        def surrogate(function, params, dist_builder, key, *, num_samples, state=(), context=None):
+            b = value(function, params, dist_builder, key, num_samples, state, context)
+            return score_function_surrogate(
+                function, params, dist_builder, key, num_samples=num_samples, baseline=b
+            )
+
+    return gradient_estimator(
+        f"score_function+{baseline.name}",
+        per_sample,
+        surrogate=surrogate,
+        init=baseline.init,
+        update=baseline.update,
+        requires=(HasScore,),
+        multi_sample=baseline.min_samples > 1,
+        min_samples=baseline.min_samples,
+        label=f"score function + {baseline.label}",
+    )
+
+
+def measure_valued_estimator(*, coupling: bool = True) -> GradientEstimator:
+    """:func:`estimators.measure_valued` (distributions with a weak derivative; ``4 D``
+    evaluations of ``f`` per sample for a ``D``-dimensional Gaussian's loc and scale)."""
+    return gradient_estimator(
+        "measure_valued" if coupling else "measure_valued_uncoupled",
+        functools.partial(measure_valued, coupling=coupling),
+        requires=(WeakDerivative,),
+        cost_evaluations=lambda dim: 4 * dim,
+        label="measure-valued" + ("" if coupling else " (uncoupled)"),
+    )
+
+
+def _iwae_per_sample(function, params, dist_builder, key, *, num_samples):
+    dist = build_and_check(function, params, dist_builder, num_samples, "iwae")
+    noise = sample_noise(dist, key, num_samples)
+
+    def cost(p: PyTree, n: Array) -> Array:
+        return function(sample_from_noise(dist_builder(p), n))
+
+    costs = jax.vmap(cost, in_axes=(None, 0))(params, noise)
+    weights = jax.lax.stop_gradient(num_samples * jax.nn.softmax(-costs))
+    grads = jax.vmap(jax.grad(cost), in_axes=(None, 0))(params, noise)
+    return jax.tree.map(lambda g: weights.reshape((-1,) + (1,) * (g.ndim - 1)) * g, grads)
+
+
+def _iwae_surrogate(function, params, dist_builder, key, *, num_samples):
+    dist = build_and_check(function, params, dist_builder, num_samples, "iwae")
+    noise = sample_noise(dist, key, num_samples)
+    costs = jax.vmap(lambda n: function(sample_from_noise(dist_builder(params), n)))(noise)
+    return -(jax.nn.logsumexp(-costs) - math.log(num_samples))
+
+
+def iwae_estimator() -> GradientEstimator:
+    r"""The pathwise gradient of the importance-weighted bound (Burda et al. 2016).
+
+    With ``f = -log w`` the estimand is :math:`\nabla_\theta E_{q^K}[-\log\frac1K\sum_k
+    w(x_k)]`; the surrogate is :math:`-\log\frac1K\sum_k e^{-f(x_k)}` on reparameterised
+    samples; ``per_sample`` row ``k`` is :math:`K\,\tilde w_k \nabla_\theta f(x_k)` with the
+    normalised weights :math:`\tilde w` (rows are not independent).
+    """
+    return gradient_estimator(
+        "iwae",
+        _iwae_per_sample,
+        surrogate=_iwae_surrogate,
+        requires=(Reparameterizable,),
+        multi_sample=True,
+        objective="log_mean_exp",
+        label="IWAE (pathwise)",
+    )
+
+
+# --- Modifiers ------------------------------------------------------------------------------
+
+
+def _baseline_modifier(make: Callable[[dict[str, Any]], Baseline]) -> Modifier:
+    def apply(base: GradientEstimator, options: dict[str, Any]) -> GradientEstimator:
+        baseline = make(options)
+        if base.with_baseline is None:
+            raise ValueError(
+                f"the baseline {baseline.name!r} changes only estimators that take a baseline "
+                f"(the score function); {base.name!r} does not (its estimate depends on "
+                "differences or derivatives of f, which a constant leaves unchanged)"
+            )
+        est = base.with_baseline(baseline)
+        return est._replace(name=f"{base.name}+{baseline.name}")
+
+    return apply
+
+
+def _nvil(options: dict[str, Any]) -> Baseline:
+    network = options.get("nvil")
+    if network is None:
+        raise ValueError(
+            "the 'nvil' baseline needs its network: pass nvil=(apply, params, optimizer) "
+            "(apply(net_params, context) -> [] for one context; see estimators.nvil_baseline)"
+        )
+    apply, params, optimizer = network
+    return _baselines.nvil_baseline(apply, params, optimizer, decay=options["moving_average_decay"])
+
+
+def control_variate_estimator(
+    base: GradientEstimator,
+    make_control_variate: Callable[[CostFn], Any],
+    *,
+    name: str,
+    label: str,
+    requires: tuple[type, ...] = (),
+    coefficient: float | str = 1.0,
+    num_coefficient_samples: int = 20,
+) -> GradientEstimator:
+    """``base`` with the control variate ``make_control_variate(function)`` (e.g.
+    :func:`estimators.delta_method`), through :func:`estimators.with_control_variate`."""
+
+    def per_sample(function, params, dist_builder, key, *, num_samples, state=(), context=None):
+        inner = functools.partial(base.per_sample, state=state, context=context)
+        return with_control_variate(
+            inner,
+            function,
+            make_control_variate(function),
+            params,
+            dist_builder,
+            key,
+            num_samples=num_samples,
+            coefficient=coefficient,
+            num_coefficient_samples=num_coefficient_samples,
+        )
+
+    return gradient_estimator(
+        f"{base.name}+{name}",
+        per_sample,
+        init=base.init,
+        update=base.update,
+        requires=tuple(dict.fromkeys(base.requires + requires)),
+        unbiased=base.unbiased,
+        multi_sample=base.multi_sample,
+        min_samples=base.min_samples,
+        objective=base.objective,
+        cost_evaluations=base.cost_evaluations,
+        label=f"{base.label} + {label}",
+    )
+
+
+def _delta(base: GradientEstimator, options: dict[str, Any]) -> GradientEstimator:
+    if base.objective != "mean":
+        raise ValueError(f"the delta method applies to objective 'mean'; {base.name!r} is not")
+    return control_variate_estimator(
+        base,
+        delta_method,
+        name="delta",
+        label="delta method",
+        requires=(FactorizedMoments,),
+        coefficient=options["cv_coefficient"],
+        num_coefficient_samples=options["cv_coefficient_samples"],
+    )
+
+
+_BASES: dict[str, Factory] = {
+    "pathwise": lambda **options: pathwise_estimator(),
+    "score_function": lambda **options: score_function_estimator(),
+    "measure_valued": lambda **options: measure_valued_estimator(coupling=True),
+    "measure_valued_uncoupled": lambda **options: measure_valued_estimator(coupling=False),
+    "iwae": lambda **options: iwae_estimator(),
+}
+_MODIFIERS: dict[str, Callable[[GradientEstimator, dict[str, Any]], GradientEstimator]] = {
+    "loo": _baseline_modifier(lambda o: _baselines.leave_one_out()),
+    "moving_average": _baseline_modifier(
+        lambda o: _baselines.moving_average(
+            decay=o["moving_average_decay"],
+            early_training_heuristic=o["early_training_heuristic"],
+        )
+    ),
+    "optimal": _baseline_modifier(
+        lambda o: _baselines.optimal(num_samples=o["optimal_baseline_samples"])
+    ),
+    "nvil": _baseline_modifier(_nvil),
+    "delta": _delta,
+}
+
+
+# --- The public registry --------------------------------------------------------------------
+
+
+def names() -> tuple[str, ...]:
+    """The registered base estimators, then the modifiers (as ``"+name"``)."""
+    return tuple(_BASES) + tuple(f"+{m}" for m in _MODIFIERS)
+
+
+def register(
+    name: str,
+    estimator: GradientEstimator | Factory,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Register a base estimator under ``name`` (a :class:`GradientEstimator` or a factory
+    ``(**options) -> GradientEstimator``); it then composes with every modifier."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"register: name must be an identifier such as 'my_estimator'; {name!r}")
+    if name in _BASES and not overwrite:
+        raise ValueError(f"register: {name!r} is already registered; pass overwrite=True")
+    if isinstance(estimator, GradientEstimator):
+        fixed = estimator
+        _BASES[name] = lambda **options: fixed
+    elif callable(estimator):
+        _BASES[name] = estimator
+    else:
+        raise TypeError(f"register: {name!r} must be a GradientEstimator or a factory")
+
+
+def _import(path: str) -> Any:
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"estimator {path!r}: cannot import module {module_name!r} ({e})") from e
+    try:
+        return functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise ValueError(
+            f"estimator {path!r}: module {module_name!r} has no attribute {attribute!r}"
+        ) from None
+
+
+def _from_object(path: str, obj: Any, options: dict[str, Any]) -> GradientEstimator:
+    if isinstance(obj, GradientEstimator):
+        return obj
+    if not callable(obj):
+        raise TypeError(f"estimator {path!r} is a {type(obj).__name__}, not an estimator")
+    try:
+        parameters = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    if "num_samples" in parameters:  # a per-sample function like estimators.pathwise
+        return gradient_estimator(path, obj)
+    est = obj(**{k: v for k, v in options.items() if k in parameters})
+    if not isinstance(est, GradientEstimator):
+        raise TypeError(
+            f"estimator {path!r}: the factory returned {type(est).__name__}, not a "
+            "GradientEstimator"
+        )
+    return est
+
+
+def _base(spec: str, name: str, options: dict[str, Any]) -> GradientEstimator:
+    if ":" in name:
+        return _from_object(name, _import(name), options)
+    factory = _BASES.get(name)
+    if factory is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_BASES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown estimator {name!r} in {spec!r}{hint}; known: {', '.join(_BASES)}, or an "
+            "importable path 'package.module:attribute'"
+        )
+    return factory(**options)
+
+
+def get(spec: str, **options: Any) -> GradientEstimator:
+    """The estimator a spec names, built and composed: see the module docstring.
+
+    Args:
+      spec: ``"base"`` or ``"base+modifier+..."``; ``base`` may be ``"pkg.mod:attr"``.
+      **options: settings of the pieces (``cv_coefficient``, ``moving_average_decay``, ...);
+        an unknown option name is an error.
+
+    Returns:
+      A :class:`GradientEstimator` named ``spec`` whose ``per_sample``/``surrogate`` check the
+      distribution's capabilities and the number of samples first.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"estimator spec must be a non-empty str; got {spec!r}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown estimator option(s) {unknown}; known: {', '.join(OPTIONS)}")
+    resolved = {**OPTIONS, **options}
+    base_name, *modifiers = [part.strip() for part in spec.split("+")]
+    est = _base(spec, base_name, resolved)
+    for modifier in modifiers:
+        apply = _MODIFIERS.get(modifier)
+        if apply is None:
+            raise ValueError(
+                f"unknown modifier {modifier!r} in {spec!r}; known: {', '.join(_MODIFIERS)}"
+            )
+        est = apply(est, resolved)
+    return _checked(est._replace(name=spec.replace(" ", "")))
+
+
+def label(spec: str, **options: Any) -> str:
+    """The legend label of ``spec`` (e.g. ``"score function + leave-one-out"``)."""
+    return get(spec, **options).label
+
+
+def sample_costs(
+    function: CostFn, params: PyTree, dist_builder: DistBuilder, key: Array, *, num_samples: int
+) -> Array:
+    """``[num_samples]`` stopped costs ``f(x_i)`` of the samples every estimator draws with
+    ``key`` (for an estimator's ``update``)."""
+    from ._common import draw_samples
+
+    dist = jax.lax.stop_gradient(dist_builder(params))
+    return jax.lax.stop_gradient(jax.vmap(function)(draw_samples(dist, key, num_samples)))
