@@ -68,18 +68,18 @@ def make_training(
     """
     import optax
 
-    from experiments import _vae_train
-    from experiments._vae_config import base_config
+    from experiments.vae import train as vae_train
+    from experiments.vae.config import base_config
 
     config: ml_collections.ConfigDict = base_config()
     config.estimator = estimator
-    pieces, state = _vae_train.init_state(config, 784, jax.random.key(0))
+    pieces, state = vae_train.init_state(config, 784, jax.random.key(0))
     if sgd:
         pieces["optimizer"] = optax.sgd(config.learning_rate)
         state["opt"] = pieces["optimizer"].init(state["params"])
-    setup = _vae_train.Setup(
+    setup = vae_train.Setup(
         estimator=estimator,
-        num_samples=config.num_samples if estimator in _vae_train.MULTI_SAMPLE else 1,
+        num_samples=config.num_samples if estimator in vae_train.MULTI_SAMPLE else 1,
         batch_size=batch_size,
         num_batches=steps,
         dynamic=dynamic,
@@ -87,7 +87,7 @@ def make_training(
         **pieces,
     )
     train = _data(steps * batch_size)
-    epoch = _vae_train.make_train_epoch(setup)
+    epoch = vae_train.make_train_epoch(setup)
     key = jax.random.key(1)
 
     def call():
@@ -157,10 +157,10 @@ def make_breakdown(batch_size: int, steps: int) -> dict[str, object]:
     linear loss, an SGD update; no biases, sampling, likelihood or KL): what the dense layers
     of this model can reach at this batch size. Last, the baseline of :func:`make_plain_step`.
     """
-    from experiments import _vae_train
-    from experiments._vae_config import base_config
+    from experiments.vae import train as vae_train
+    from experiments.vae.config import base_config
 
-    _, state = _vae_train.init_state(base_config(), 784, jax.random.key(0))
+    _, state = vae_train.init_state(base_config(), 784, jax.random.key(0))
     kernels = [
         state["params"][part]["layers"][i]["kernel"][...]
         for part in ("encoder", "decoder")
@@ -204,7 +204,7 @@ def model_flops_per_example(sizes_enc: list[int], sizes_dec: list[int]) -> tuple
 def _data(n: int) -> jax.Array:
     """The first n MNIST training images if ``$MNIST_DIR`` has them, else uniform pixels."""
     if os.environ.get("MNIST_DIR"):
-        from experiments import data
+        from experiments.vae import data
 
         return jnp.asarray(data.load_dataset("mnist", download=False).train[:n])
     return jax.random.uniform(jax.random.key(2), (n, 784))

@@ -69,9 +69,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+# Runners that moved, under the name a workdir written before the move has in its config.json.
+MOVED_RUNNERS = {"vae_compare": "vae.compare"}
+
+
 def runner_module(config: ml_collections.ConfigDict) -> ModuleType:
     """The module ``experiments.<config.runner>``, which has ``run(config, workdir)``."""
-    name = config.runner
+    name = MOVED_RUNNERS.get(config.runner, config.runner)
     try:
         module = importlib.import_module(f"experiments.{name}")
     except ModuleNotFoundError as e:

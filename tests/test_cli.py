@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 import experiments
-from experiments import _cli, _vae_train, data, vae
+from experiments import _cli, vae
 from experiments import _config as cfg
+from experiments.vae import data
+from experiments.vae import train as vae_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +133,7 @@ def test_bad_data_or_an_early_stop_leave_the_workdir_as_it_was(
 
 def _interrupt_at(monkeypatch, epoch: int) -> None:
     """Ctrl-C when the loop asks for the keys of ``epoch`` (compiling asks for epoch 0 first)."""
-    real, calls = _vae_train.epoch_keys, []
+    real, calls = vae_train.epoch_keys, []
 
     def interrupting(seed, e):
         calls.append(e)
@@ -139,7 +141,7 @@ def _interrupt_at(monkeypatch, epoch: int) -> None:
             raise KeyboardInterrupt
         return real(seed, e)
 
-    monkeypatch.setattr(_vae_train, "epoch_keys", interrupting)
+    monkeypatch.setattr(vae_train, "epoch_keys", interrupting)
 
 
 def test_overwrite_sets_aside_then_removes_or_puts_back(tmp_path, monkeypatch, capsys):
@@ -323,7 +325,7 @@ def test_sigterm_saves_the_checkpoint_and_names_the_resume_command(tmp_path):
     argv = ["run", "vae_digits", "--workdir", str(workdir)] + [f"--config.{o}" for o in TINY_VAE]
     argv[argv.index("--config.num_epochs=2")] = "--config.num_epochs=4"
     # SIGTERM while the keys of epoch 2 are drawn: epochs 0 and 1 (4 steps each) are done.
-    rc, err, _ = _terminate_mid_run(tmp_path, ("experiments._vae_train", "epoch_keys", 4), argv)
+    rc, err, _ = _terminate_mid_run(tmp_path, ("experiments.vae.train", "epoch_keys", 4), argv)
     assert rc == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM; the last checkpoint is kept in" in err
     assert vae._manager(workdir).latest_step() == 2 * 4

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments.vae import data
 from tests import _mnist
 
 NAMES = _mnist.NAMES

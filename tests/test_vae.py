@@ -19,7 +19,7 @@ from scipy.stats import norm
 
 import estimators
 import models
-from experiments import _vae_train
+from experiments.vae import train as vae_train
 from tests import _closed_forms as cf
 
 D, H, L = 6, 5, 2
@@ -186,8 +186,8 @@ def _setup(estimator: str, num_samples: int = 1):
             "baseline_learning_rate": 1e-3,
         }
     )
-    pieces, state = _vae_train.init_state(config, D, jax.random.key(11))
-    setup = _vae_train.Setup(
+    pieces, state = vae_train.init_state(config, D, jax.random.key(11))
+    setup = vae_train.Setup(
         estimator=estimator,
         num_samples=num_samples,
         batch_size=2,
@@ -215,9 +215,7 @@ def _gradient_samples(setup, state, xs, key, n):
     @jax.jit
     def run(state, key):
         def one(k):
-            g = jax.grad(lambda p: _vae_train.batch_loss(setup, p, state, xs, k)[0])(
-                state["params"]
-            )
+            g = jax.grad(lambda p: vae_train.batch_loss(setup, p, state, xs, k)[0])(state["params"])
             return jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(g)])
 
         return jax.vmap(one)(jax.random.split(key, n))
@@ -334,7 +332,7 @@ def _flat(tree) -> jax.Array:
 
 
 def _surrogate(model, x, key, k: int, reduce):
-    """The construction of ``_vae_train._example_loss``'s ``iwae`` branch with the reduction of
+    """The construction of ``vae_train._example_loss``'s ``iwae`` branch with the reduction of
     the K log-weights as an argument: ``pathwise_surrogate`` of ``-reduce(log w_1..K)`` under
     ``q(z|x)^K``, built by broadcasting the encoder's parameters to ``[K, L]``."""
     enc = model.encoder_params(x)
@@ -360,13 +358,13 @@ def elbo_reduce(logw):
 @functools.partial(jax.jit, static_argnames=("graphdef", "k", "n"))
 def _iw_estimates(graphdef, params, key, *, k: int, n: int):
     """``[2, n, P]`` gradients of the negative bound w.r.t. all weights, with the same keys:
-    [0] the project's (``_vae_train._example_loss``, estimator "iwae"), [1] the K-sample ELBO's
+    [0] the project's (``vae_train._example_loss``, estimator "iwae"), [1] the K-sample ELBO's
     (the same construction with the log-weights averaged: a realistic bug)."""
 
     def one(key):
         def project(p):
             model = nnx.merge(graphdef, p)
-            return _vae_train._example_loss(
+            return vae_train._example_loss(
                 model, IW_X, key, jnp.zeros(()), estimator="iwae", num_samples=k
             )[0]
 
@@ -444,7 +442,7 @@ def _iwae_checks(which: int) -> tuple[cf.Checks, dict]:
 
 
 def test_iwae_gradient_unbiased_for_k_above_one():
-    """The ``iwae`` estimator of experiments/_vae_train.py is unbiased for the gradient of the
+    """The ``iwae`` estimator of experiments/vae/train.py is unbiased for the gradient of the
     IWAE bound, K = 2 and 3, every weight of a 1-D-latent VAE: |mean - exact| <= z SE + quadrature
     error, z Bonferroni over 2 x 45 checks, 20 000 estimates per K. The exact gradient is an
     independent computation: the float64 trapezoid rule over (eps_1..eps_K), differentiated.
@@ -455,7 +453,7 @@ def test_iwae_gradient_unbiased_for_k_above_one():
     # The test's own construction (used for the ELBO bug below) is the project's, value for value.
     key = jax.random.key(1)
     model = nnx.merge(graphdef, params)
-    project = _vae_train._example_loss(model, IW_X, key, 0.0, estimator="iwae", num_samples=3)[0]
+    project = vae_train._example_loss(model, IW_X, key, 0.0, estimator="iwae", num_samples=3)[0]
     assert project == _surrogate(model, IW_X, key, 3, iwae_reduce(3))
     checks, results = _iwae_checks(0)
     assert checks.num_checks == 2 * results[2][2].size

@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 from experiments import _config as cfg
-from experiments import _vae_train, data, run_experiment, vae, vae_compare
+from experiments import run_experiment, vae
 from experiments._workdir import WorkdirError
+from experiments.vae import compare as vae_compare
+from experiments.vae import data
+from experiments.vae import train as vae_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,17 +96,17 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, estimato
     config = _config("vae_digits", f"estimator={estimator}", "num_epochs=4")
     run_experiment(config, tmp_path / "straight")
 
-    real = _vae_train.epoch_keys
+    real = vae_train.epoch_keys
 
     def interrupting(seed, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
         return real(seed, epoch)
 
-    monkeypatch.setattr(_vae_train, "epoch_keys", interrupting)
+    monkeypatch.setattr(vae_train, "epoch_keys", interrupting)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "resumed")
-    monkeypatch.setattr(_vae_train, "epoch_keys", real)
+    monkeypatch.setattr(vae_train, "epoch_keys", real)
     assert vae._manager(tmp_path / "resumed").latest_step() == 2 * 6
     run_experiment(config, tmp_path / "resumed", resume=True)
 
@@ -122,7 +125,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, estimato
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = _vae_train.make_train_epoch
+    real = vae_train.make_train_epoch
 
     def poisoned(setup):
         jitted = real(setup)
@@ -144,13 +147,13 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_p
 
         return Lowered()
 
-    monkeypatch.setattr(_vae_train, "make_train_epoch", poisoned)
+    monkeypatch.setattr(vae_train, "make_train_epoch", poisoned)
     config = _config("vae_digits", "estimator=score_function")
     # The message names where it happened and both causes (divergence, or an invalid
     # distribution parameter, which under jit shows only as NaN).
     cause = r"optimisation diverged.*distribution parameter became invalid.*disable_jit"
     with pytest.raises(
-        _vae_train.TrainingDiverged, match=r"score_function.* step 10 \(epoch 2\).*" + cause
+        vae_train.TrainingDiverged, match=r"score_function.* step 10 \(epoch 2\).*" + cause
     ):
         run_experiment(config, tmp_path / "run")
     assert vae._manager(tmp_path / "run").latest_step() == 6  # the end of epoch 1, kept
@@ -220,8 +223,8 @@ def test_compare_configs_smoke(tmp_path, small_idx_dir):
 def _tiny_setup(estimator: str, num_samples: int = 1, seed: int = 0):
     """A 64-16-2 VAE (digits sizes) and its initial state; ``ma_decay`` 0.9."""
     config = _config("vae_digits", f"estimator={estimator}", "hidden=(16,)", "latent_dim=2")
-    pieces, state = _vae_train.init_state(config, 64, jax.random.key(seed))
-    setup = _vae_train.Setup(
+    pieces, state = vae_train.init_state(config, 64, jax.random.key(seed))
+    setup = vae_train.Setup(
         estimator=estimator,
         num_samples=num_samples,
         batch_size=8,
@@ -242,13 +245,13 @@ def _direct_estimates(setup, state, xs, key, num_estimates: int) -> np.ndarray:
     of ``jax.grad`` of the per-example surrogate, example ``b`` with key ``split(k_m, B)[b]``."""
     from flax import nnx
 
-    baseline = float(jnp.mean(_vae_train._baseline_values(setup, state, xs)))
+    baseline = float(jnp.mean(vae_train._baseline_values(setup, state, xs)))
 
     @jax.jit
     def example_grad(x, k):
         def loss(params):
             model = nnx.merge(setup.graphdef, params)
-            return _vae_train._example_loss(
+            return vae_train._example_loss(
                 model,
                 x,
                 k,
@@ -287,8 +290,8 @@ def test_protocol_variance_value_and_k_normalisation_match_an_independent_comput
     sq = {}
     for estimator, samples in (("pathwise", 1), ("score_function_loo", k)):
         setup, state = _tiny_setup(estimator, samples)
-        reported = _vae_train.make_grad_variance(setup, m)(state, xs, key)
-        summary = _vae_train.variance_summary(reported["sq_dev"], setup.num_samples)
+        reported = vae_train.make_grad_variance(setup, m)(state, xs, key)
+        summary = vae_train.variance_summary(reported["sq_dev"], setup.num_samples)
         g = _direct_estimates(setup, state, xs, key, m)
         trace, loo, se = _numpy_trace_and_jackknife(g)
         assert summary["num_estimates"] == m and summary["samples_per_example"] == samples
@@ -298,9 +301,7 @@ def test_protocol_variance_value_and_k_normalisation_match_an_independent_comput
         assert summary["per_sample_variance"] == pytest.approx(samples * trace, rel=1e-3)
         assert summary["per_sample_variance_se"] == pytest.approx(samples * se, rel=1e-3)
         sq[estimator] = (reported["sq_dev"], loo, trace)
-    ratio, ratio_se = _vae_train.variance_ratio(
-        sq["score_function_loo"][0], k, sq["pathwise"][0], 1
-    )
+    ratio, ratio_se = vae_train.variance_ratio(sq["score_function_loo"][0], k, sq["pathwise"][0], 1)
     loo_ratio = k * sq["score_function_loo"][1] / sq["pathwise"][1]
     exact = k * sq["score_function_loo"][2] / sq["pathwise"][2]
     assert ratio == pytest.approx(exact, rel=1e-3)
@@ -308,7 +309,7 @@ def test_protocol_variance_value_and_k_normalisation_match_an_independent_comput
         np.sqrt((m - 1) / m * np.sum((loo_ratio - loo_ratio.mean()) ** 2)), rel=1e-3
     )
     with pytest.raises(ValueError, match="at least 3 estimates"):
-        _vae_train.variance_summary(np.ones(2), 1)
+        vae_train.variance_summary(np.ones(2), 1)
 
 
 @pytest.mark.parametrize("estimator", ["score_function_moving_average", "score_function_nvil"])
@@ -331,7 +332,7 @@ def test_vae_loop_reads_the_baseline_before_updating_it(estimator):
     if estimator == "score_function_nvil":
         bnet = nnx.merge(setup.baseline_graphdef, state["bparams"])
         old = 7.5 + np.asarray(bnet(xs)[:, 0])
-    step = jax.jit(lambda s, x, k: _vae_train.train_step_with_aux(setup, s, x, k))
+    step = jax.jit(lambda s, x, k: vae_train.train_step_with_aux(setup, s, x, k))
     new, _, aux = step(state, xs, jax.random.key(2))
     np.testing.assert_allclose(np.asarray(aux["baselines"]), np.broadcast_to(old, (8,)), rtol=1e-6)
     expected_ma = estimators.moving_average_update(state["ma"], aux["costs"], decay=0.9)
@@ -361,7 +362,7 @@ def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
 
     def nvil_diverges(config, workdir, resume=False):
         if config.estimator == "score_function_nvil":
-            raise _vae_train.TrainingDiverged("loss is nan at step 3 (epoch 1)")
+            raise vae_train.TrainingDiverged("loss is nan at step 3 (epoch 1)")
         return real(config, workdir, resume=resume)
 
     monkeypatch.setattr(vae, "run", nvil_diverges)

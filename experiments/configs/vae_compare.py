@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from experiments._vae_config import base_config, comparison
+from experiments.vae.config import base_config, comparison
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -30,7 +30,7 @@ from flax import nnx
 import estimators
 import models
 
-from ._vae_config import ESTIMATORS
+from .config import ESTIMATORS
 
 Array = jax.Array
 PyTree = Any

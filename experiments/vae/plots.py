@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._workdir import read_json, save_figure
+from .._workdir import read_json, save_figure
 
 
 def _pyplot():
@@ -146,7 +146,7 @@ def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: 
 
 def plot_protocol_variance(workdir: Path, protocol: dict[str, Any], *, title: str) -> list[Path]:
     """``grad_variance``: every estimator's per-sample variance (± jackknife SE) at the SAME
-    parameters, the reference run's checkpoints (``vae_compare``'s protocol)."""
+    parameters, the reference run's checkpoints (``vae.compare``'s protocol)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     names = list(dict.fromkeys(r["estimator"] for r in protocol["rows"]))

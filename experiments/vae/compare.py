@@ -20,7 +20,7 @@ The encoder-gradient variances are compared under ONE protocol (``grad_variance.
 - reported: the variance of ONE estimate of the encoder gradient of the batch loss (the trace of
   its covariance) and per sample, ``K`` times it for a ``K``-sample estimator (it pays for ``K``
   cost evaluations per example), each with a jackknife standard error (leave one estimate out;
-  closed form in ``_vae_train.jackknife_trace``), the number of estimates, and the ratio to the
+  closed form in ``train.jackknife_trace``), the number of estimates, and the ratio to the
   reference's per-sample variance with a paired jackknife SE (estimate ``m`` left out of both);
 - the IWAE gradient is the gradient of the IWAE bound, a different objective: it is marked so
   and its variance is not an ELBO-gradient estimator's.
@@ -46,11 +46,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from . import _vae_plots, _vae_train, vae
-from ._config import config_from_dict, config_to_dict
-from ._vae_config import ESTIMATORS
-from ._vae_train import MULTI_SAMPLE, OTHER_OBJECTIVE, STATEFUL, TrainingDiverged
-from ._workdir import atomic_write_text, read_json, write_json
+from .. import vae
+from .._config import config_from_dict, config_to_dict
+from .._workdir import atomic_write_text, read_json, write_json
+from . import plots, train
+from .config import ESTIMATORS
+from .train import MULTI_SAMPLE, OTHER_OBJECTIVE, STATEFUL, TrainingDiverged
 
 RESUMABLE = True
 PROTOCOL_KEYS = ("grad_var_reference", "grad_var_checkpoint_epochs", "grad_var_warmup_steps")
@@ -170,10 +171,10 @@ def _sha256(tree: Any) -> str:
 def _setup(config, name: str, data_dim: int, num_batches: int):
     """The ``Setup`` and initial state of estimator ``name`` (same init key as ``vae.run``)."""
     cfg = sub_config(config, name)
-    pieces, state = _vae_train.init_state(
+    pieces, state = train.init_state(
         cfg, data_dim, jax.random.fold_in(jax.random.key(config.seed), 0)
     )
-    setup = _vae_train.Setup(
+    setup = train.Setup(
         estimator=name,
         num_samples=cfg.num_samples if name in MULTI_SAMPLE else 1,
         batch_size=cfg.batch_size,
@@ -185,12 +186,12 @@ def _setup(config, name: str, data_dim: int, num_batches: int):
     return setup, state
 
 
-def _reference_states(config, setup, state, train, epochs: list[int]) -> dict[int, Any]:
+def _reference_states(config, setup, state, train_x, epochs: list[int]) -> dict[int, Any]:
     """The reference run's training state at the end of each epoch in ``epochs`` (replayed)."""
-    train_epoch = _vae_train.make_train_epoch(setup)
+    train_epoch = train.make_train_epoch(setup)
     out = {}
     for e in range(epochs[-1]):
-        state, losses = train_epoch(state, train, _vae_train.epoch_keys(config.seed, e))
+        state, losses = train_epoch(state, train_x, train.epoch_keys(config.seed, e))
         if not np.all(np.isfinite(np.asarray(losses))):
             raise TrainingDiverged(
                 f"the reference run ({setup.estimator}) diverged in epoch {e + 1}: the variance "
@@ -226,7 +227,7 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
     data_dim = train_np.shape[1]
     num_batches = len(train_np) // config.batch_size
     base = jax.random.key(config.seed)
-    train = jnp.asarray(train_np)
+    train_x = jnp.asarray(train_np)
     batch = vae._binarize(
         jax.random.fold_in(base, 3), jnp.asarray(train_np[: config.grad_var_batch_size])
     )  # the batch vae.run measures on, too
@@ -239,7 +240,7 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
         f"gradient-variance protocol: replaying the {ref} run to epoch {epochs[-1]}",
         file=sys.stderr,
     )
-    states = _reference_states(config, ref_setup, ref_state, train, epochs)
+    states = _reference_states(config, ref_setup, ref_state, train_x, epochs)
     match = _replay_matches_run(workdir / ref, states[epochs[-1]], epochs[-1])
     if match is False:
         raise RuntimeError(
@@ -254,8 +255,8 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
         pieces[name] = (
             setup,
             state,
-            _vae_train.make_warm_baselines(setup, steps, config.batch_size),
-            _vae_train.make_grad_variance(setup, num_estimates),
+            train.make_warm_baselines(setup, steps, config.batch_size),
+            train.make_grad_variance(setup, num_estimates),
         )
     rows = []
     for epoch in epochs:
@@ -267,7 +268,7 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
         for name in names:
             setup, init, warm, variance = pieces[name]
             state = dict(init, params=params)
-            state = warm(state, train, k_warm)
+            state = warm(state, train_x, k_warm)
             out = variance(state, batch, k_var)
             sq_dev[name] = np.asarray(out["sq_dev"], np.float64)
             finite = bool(np.all(np.isfinite(sq_dev[name])))
@@ -278,7 +279,7 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
                 "finite": finite,
             }
             if finite:
-                row.update(_vae_train.variance_summary(sq_dev[name], setup.num_samples))
+                row.update(train.variance_summary(sq_dev[name], setup.num_samples))
             else:
                 row.update(samples_per_example=setup.num_samples, num_estimates=num_estimates)
             row["mean_grad_norm"] = float(out["mean_grad_norm"])
@@ -296,7 +297,7 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
         for row in rows:
             if row["epoch"] != epoch or not (row["finite"] and ref_row["finite"]):
                 continue
-            ratio, se = _vae_train.variance_ratio(
+            ratio, se = train.variance_ratio(
                 sq_dev[row["estimator"]],
                 row["samples_per_example"],
                 sq_dev[ref],
@@ -510,16 +511,16 @@ def plot(workdir: Path) -> list[Path]:
     workdir = Path(workdir)
     config = read_json(workdir / "config.json")
     runs = {
-        name: _vae_plots.read_rows(workdir / name)
+        name: plots.read_rows(workdir / name)
         for name in config["estimators"]
         if (workdir / name / "metrics.jsonl").exists()
     }
     title = f"{config['dataset']}, all estimators"
-    paths = _vae_plots.plot_curves(workdir, runs, title=title) if runs else []
+    paths = plots.plot_curves(workdir, runs, title=title) if runs else []
     protocol = None
     if (workdir / "grad_variance.json").exists():
         protocol = read_json(workdir / "grad_variance.json")
-        paths += _vae_plots.plot_protocol_variance(workdir, protocol, title=config["dataset"])
+        paths += plots.plot_protocol_variance(workdir, protocol, title=config["dataset"])
     if (workdir / "results.json").exists():
         write_tables(workdir, read_json(workdir / "results.json"), protocol)
     return paths

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-# Every estimator of the encoder's gradient the VAE runners know (see `_vae_train`).
+# Every estimator of the encoder's gradient the VAE runners know (see `experiments/vae/train.py`).
 ESTIMATORS = (
     "pathwise",
     "score_function",
@@ -70,8 +70,8 @@ def digits_config() -> ml_collections.ConfigDict:
 
 
 def comparison(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config`` turned into a ``vae_compare`` config that trains every estimator in turn."""
-    config.runner = "vae_compare"
+    """``config`` turned into a ``vae.compare`` config that trains every estimator in turn."""
+    config.runner = "vae.compare"
     del config["estimator"]
     config.estimators = ESTIMATORS
     # The variance protocol: every estimator at the SAME parameters, the reference estimator's

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from . import _vae_plots, _vae_train, data
-from ._diagnostics import NAN_CAUSES
-from ._vae_config import ESTIMATORS
-from ._vae_train import MULTI_SAMPLE, TrainingDiverged
-from ._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
+from .._diagnostics import NAN_CAUSES
+from .._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
+from . import data, plots, train
+from .config import ESTIMATORS
+from .train import MULTI_SAMPLE, TrainingDiverged
 
 RESUMABLE = True
 RESUME_MAY_RAISE = ("num_epochs",)  # --resume may train a finished run for longer
@@ -105,18 +105,20 @@ def _load(config) -> tuple[data.Dataset, np.ndarray, np.ndarray]:
         download=config.download,
         verify=config.verify_checksums,
     )
-    train, test = ds.train, ds.test
+    train_np, test = ds.train, ds.test
     if config.train_examples:
-        train = train[: config.train_examples]
+        train_np = train_np[: config.train_examples]
     if config.test_examples:
         test = test[: config.test_examples]
-    if config.batch_size > len(train):
-        raise ValueError(f"config.batch_size={config.batch_size} > {len(train)} training examples")
+    if config.batch_size > len(train_np):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} > {len(train_np)} training examples"
+        )
     key = jax.random.key(_TEST_BINARIZATION_SEED)
     test = np.asarray(_binarize(jax.random.fold_in(key, 1), jnp.asarray(test)))
     if config.binarization == "static":
-        train = np.asarray(_binarize(jax.random.fold_in(key, 2), jnp.asarray(train)))
-    return ds, train, test
+        train_np = np.asarray(_binarize(jax.random.fold_in(key, 2), jnp.asarray(train_np)))
+    return ds, train_np, test
 
 
 def check_inputs(config: ml_collections.ConfigDict) -> None:
@@ -209,9 +211,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     ds, train_np, test_np = _load(config)
     data_dim = train_np.shape[1]
     base = jax.random.key(config.seed)
-    pieces, state = _vae_train.init_state(config, data_dim, jax.random.fold_in(base, 0))
+    pieces, state = train.init_state(config, data_dim, jax.random.fold_in(base, 0))
     num_batches = len(train_np) // config.batch_size
-    setup = _vae_train.Setup(
+    setup = train.Setup(
         estimator=config.estimator,
         num_samples=config.num_samples if config.estimator in MULTI_SAMPLE else 1,
         batch_size=config.batch_size,
@@ -238,7 +240,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
             "(--resume) to continue it, or use an empty workdir"
         )
 
-    train = jnp.asarray(train_np)
+    train_x = jnp.asarray(train_np)
     test = jnp.asarray(test_np)
     var_batch = jnp.asarray(
         np.asarray(
@@ -249,13 +251,11 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     )
     t0 = time.perf_counter()
     train_epoch = (
-        _vae_train.make_train_epoch(setup)
-        .lower(state, train, _vae_train.epoch_keys(0, 0))
-        .compile()
+        train.make_train_epoch(setup).lower(state, train_x, train.epoch_keys(0, 0)).compile()
     )
     compile_time = time.perf_counter() - t0
-    grad_variance = _vae_train.make_grad_variance(setup, config.grad_var_num_estimates)
-    test_elbo_fn = _vae_train.make_test_elbo(setup.graphdef)
+    grad_variance = train.make_grad_variance(setup, config.grad_var_num_estimates)
+    test_elbo_fn = train.make_test_elbo(setup.graphdef)
 
     from tqdm import tqdm
 
@@ -276,7 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     try:
         for epoch in bar:
             t = time.perf_counter()
-            new_state, losses = train_epoch(state, train, _vae_train.epoch_keys(config.seed, epoch))
+            new_state, losses = train_epoch(state, train_x, train.epoch_keys(config.seed, epoch))
             losses = np.asarray(losses)
             seconds = time.perf_counter() - t
             if not np.all(np.isfinite(losses)):
@@ -311,8 +311,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
                 or epoch + 1 == config.num_epochs
             ):
                 # At this run's OWN parameters and baseline state: a curve along its training,
-                # not comparable across estimators (vae_compare's protocol compares them).
-                gv = _vae_train.variance_summary(
+                # not comparable across estimators (vae.compare's protocol compares them).
+                gv = train.variance_summary(
                     grad_variance(
                         state, var_batch, jax.random.fold_in(jax.random.fold_in(base, 5), epoch)
                     )["sq_dev"],
@@ -366,7 +366,7 @@ def _evaluate_and_finish(
     params = state["params"]
     t = time.perf_counter()
     ll_test = test[: config.ll_test_examples] if config.ll_test_examples else test
-    log_likelihood = _vae_train.make_log_likelihood(
+    log_likelihood = train.make_log_likelihood(
         setup.graphdef, ll_num_samples=config.ll_num_samples, ll_chunk_size=config.ll_chunk_size
     )
     elbo = np.asarray(test_elbo_fn(params, test, jax.random.fold_in(base, 6)))
@@ -422,7 +422,7 @@ def setup_arch(config, data_dim: int) -> str:
 
 def _save_figure_data(config, workdir, setup, params, test, base) -> None:
     """Samples, reconstructions and (latent size 2) the manifold, for :func:`plot`."""
-    fn = _vae_train.make_figure_data(setup.graphdef, latent_dim=config.latent_dim)
+    fn = train.make_figure_data(setup.graphdef, latent_dim=config.latent_dim)
     arrays = {k: np.asarray(v) for k, v in fn(params, test, jax.random.fold_in(base, 8)).items()}
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -433,4 +433,4 @@ def plot(workdir: Path) -> list[Path]:
     """Redraw the run's figures from ``metrics.jsonl``, ``results.json``, ``figures_data.npz``."""
     workdir = Path(workdir)
     config = read_json(workdir / "config.json")
-    return _vae_plots.plot_run(workdir, config, _read_metrics(workdir))
+    return plots.plot_run(workdir, config, _read_metrics(workdir))
