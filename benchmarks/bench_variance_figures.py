@@ -43,17 +43,19 @@ def _ours(num_samples: int, grid: int, repeats: int) -> dict:
 
     from experiments.variance import monte_carlo
     from experiments.variance.costs import COSTS, K_TERMS
+    from experiments.variance.problems.gaussian import PROBLEM as GAUSSIAN
 
     ks = np.linspace(-3, 3, grid).astype(np.float32)
     weights = np.tile(COSTS["quadratic"].weight_vector(), (grid, 1)).astype(np.float32)
     constants = np.zeros(grid, np.float32)
+    values = {"loc": np.float32(1), "scale": np.float32(1)}
     out = {}
     for est in ESTIMATORS:
         chunks = tuple(monte_carlo.chunk_sizes(num_samples, grid, 1, est))
 
         def call(seed: int, est=est, chunks=chunks) -> np.ndarray:
             m = monte_carlo.mc_moments(
-                jax.random.key(seed), weights, ks, constants, np.float32(1), np.float32(1),
+                jax.random.key(seed), weights, ks, constants, values, problem=GAUSSIAN,
                 estimator=est, terms=K_TERMS, dim=1, chunks=chunks,
             )  # fmt: skip
             return np.stack([monte_carlo.combine(m[p], chunks)[0] for p in ("loc", "scale")])

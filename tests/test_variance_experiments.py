@@ -11,6 +11,7 @@ fixed seed; the same check rejects a curve 25% off. Then redrawing, and bad inpu
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -23,8 +24,10 @@ from scipy import stats
 import experiments
 from experiments import _cli, variance
 from experiments.variance import exact as quadrature
-from experiments.variance import monte_carlo
-from experiments.variance.costs import COSTS
+from experiments.variance import monte_carlo, problems
+from experiments.variance.costs import COSTS, Rows, term
+from experiments.variance.problems.bernoulli import PROBLEM as BERNOULLI
+from experiments.variance.problems.gaussian import PROBLEM as GAUSSIAN
 
 ALPHA = 1e-4  # family-wise false-alarm probability of one statistical test
 NODES = 512
@@ -141,6 +144,86 @@ def test_exact_converges_in_the_number_of_nodes():
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14 * np.abs(b).max())
 
 
+def _rows(cost, k, dim=1.0):
+    k = np.atleast_1d(np.asarray(k, np.float64))
+    c = COSTS[cost]
+    n = k.shape[0]
+    return Rows(np.tile(c.weight_vector(), (n, 1)), k, np.full(n, c.constant), np.full(n, dim))
+
+
+def test_gaussian_exact_gradient_matches_closed_forms():
+    """d/dmu, d/dsigma of E f under N(mu, sigma^2), from the closed-form expectations
+    E (x-k)^2 = (mu-k)^2 + sigma^2, E cos(kx) = cos(k mu) e^{-k^2 sigma^2 / 2} and
+    E e^{-k x^2} = a^{-1/2} e^{-k mu^2 / a}, a = 1 + 2 k sigma^2, differentiated by hand."""
+    mu, sigma = 0.7, 1.2
+    values = {"loc": mu, "scale": sigma}
+    k = np.geomspace(0.1, 10.0, 9)
+    a = 1 + 2 * k * sigma**2
+    e_exp = a**-0.5 * np.exp(-k * mu**2 / a)
+    e_cos = np.cos(k * mu) * np.exp(-(k**2) * sigma**2 / 2)
+    expected = {
+        ("quadratic", "loc"): 2 * (mu - k),
+        ("quadratic", "scale"): np.full_like(k, 2 * sigma),
+        ("cosine", "loc"): -k * np.sin(k * mu) * np.exp(-(k**2) * sigma**2 / 2),
+        ("cosine", "scale"): -(k**2) * sigma * e_cos,
+        ("exp_quadratic", "loc"): -2 * k * mu / a * e_exp,
+        ("exp_quadratic", "scale"): 4 * k * sigma * e_exp * (k * mu**2 / a**2 - 0.5 / a),
+    }
+    for (cost, param), want in expected.items():
+        got = GAUSSIAN.exact_gradient(param, _rows(cost, k), values, NODES)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13, err_msg=f"{cost} {param}")
+
+
+def _enumerate_bernoulli(cost, k, logit, dim, *, optimal):
+    """Gradient and score-function variance of the first coordinate by summing over all 2^D
+    outcomes of the joint law (no separability used): g(x) = (f(x) - b) (x_1 - p)."""
+    c = COSTS[cost]
+    xs = np.array(list(itertools.product([0.0, 1.0], repeat=dim)))  # [2^D, D]
+    f = np.full(len(xs), c.constant)
+    f = f + sum(w * term(t, np, xs, k).sum(1) for t, w in c.weights.items())
+
+    def prob(eta):
+        p = 1 / (1 + np.exp(-eta))
+        return np.prod(np.where(xs == 1, p, 1 - p), axis=1)
+
+    pr = prob(np.full(dim, logit))
+    s = xs[:, 0] - 1 / (1 + math.exp(-logit))
+    b = (pr @ (f * s**2)) / (pr @ s**2) if optimal else 0.0
+    g = (f - b) * s
+    h = 1e-5 * np.eye(dim)[0]  # central difference of E f in eta_1
+    grad = (prob(logit + h) @ f - prob(logit - h) @ f) / 2e-5
+    # Rounding in the difference: about 1e-16 max|f| / 1e-5; the h^2 term is smaller still.
+    return grad, 1e-9 * (1 + np.abs(f).max()), pr @ g**2 - (pr @ g) ** 2
+
+
+@pytest.mark.parametrize("cost", ["quadratic", "cosine", "exp_quadratic", "constant", "quartic"])
+def test_bernoulli_exact_values_match_enumeration_of_every_outcome(cost):
+    for logit, dim, kk in ((0.0, 1, 0.3), (-1.3, 3, 2.0), (2.2, 4, -0.7)):
+        values = {"logit": logit}
+        rows = _rows(cost, [kk], dim=dim)
+        for est, optimal in (("score_function", False), ("score_function_optimal_baseline", True)):
+            grad, grad_tol, var = _enumerate_bernoulli(cost, kk, logit, dim, optimal=optimal)
+            got = BERNOULLI.exact_variance(est, "logits", rows, values, NODES)[0]
+            assert got == pytest.approx(var, rel=1e-12, abs=1e-12), (cost, logit, dim, est)
+        got = BERNOULLI.exact_gradient("logits", rows, values, NODES)[0]
+        assert got == pytest.approx(grad, rel=0, abs=grad_tol), (cost, logit, dim)
+    assert BERNOULLI.exact_variance("pathwise", "logits", rows, values, NODES) is None
+
+
+def test_problems_are_found_by_name_or_path_and_bad_ones_named():
+    assert problems.load("gaussian") is GAUSSIAN
+    assert problems.load("bernoulli") is BERNOULLI
+    assert problems.load("experiments.variance.problems.bernoulli:PROBLEM") is BERNOULLI
+    assert {"gaussian", "bernoulli"} <= set(problems.available())
+    for spec, match in (
+        ("poisson", "config.problem 'poisson' is unknown; known: .*gaussian"),
+        ("experiments.variance.costs:COSTS", "is a dict, not a Problem"),
+        ("no.such.module:PROBLEM", "cannot be imported"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            problems.load(spec)
+
+
 # ------------------------------------------------------------------------------------------
 # Monte Carlo side
 # ------------------------------------------------------------------------------------------
@@ -171,18 +254,28 @@ def test_combine_merges_chunks_exactly():
     assert se1[0] == pytest.approx(math.sqrt((m4 - m2**2) / x.shape[0]), rel=1e-12)
 
 
-def _baseline_noise(param, cost, ks, num_samples):
+def _score_rule(problem, param):
+    """Nodes x, weights w and squared score s^2 of one coordinate: quadrature for the Gaussian
+    of the figures (mu = sigma = 1), the two atoms for the Bernoulli (logit 0.4)."""
+    if problem == "bernoulli":
+        p = 1 / (1 + math.exp(-0.4))
+        x = np.array([0.0, 1.0])
+        return x, np.array([1 - p, p]), (x - p) ** 2
+    q = quadrature.rules(NODES)
+    z, w = q.normal_nodes, q.normal_weights
+    return 1.0 + z, w, z**2 if param == "loc" else (z**2 - 1) ** 2
+
+
+def _baseline_noise(param, cost, ks, num_samples, problem="gaussian"):
     """Extra variance E[s^2] Var(b_hat) of the score function with an estimated baseline.
 
     b_hat is a ratio estimator of b* = E[f s^2] / E[s^2] from ``num_samples`` samples of its
     own; by the delta method Var(b_hat) = Var((f - b*) s^2) / (N E[s^2]^2). Three times that is
     the allowance (it is a known positive bias of order 1/N, not noise). One dimension only.
     """
-    q = quadrature.rules(NODES)
-    z, w = q.normal_nodes, q.normal_weights
-    s2 = z**2 if param == "loc" else (z**2 - 1) ** 2
+    x, w, s2 = _score_rule(problem, param)
     weights = np.tile(COSTS[cost].weight_vector(), (len(ks), 1))
-    phi = quadrature._phi(1.0 + z, weights, np.asarray(ks, np.float64))
+    phi = quadrature.term_sum(x, weights, np.asarray(ks, np.float64))
     es2 = w @ s2
     b = (phi * s2) @ w / es2
     resid = (phi - b[:, None]) * s2
@@ -218,12 +311,8 @@ def _small(name: str):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_every_config_runs_and_its_points_match_the_exact_curves(name, tmp_path):
-    """A small run of each config: its files, and every MC point within its error bars.
-
-    |MC - exact| <= z SE + allowance, z Bonferroni-corrected over the config's points, with
-    allowances for float32 rounding (a variance floor of (1e-5 relative)^2 of the curve) and,
-    for the optimal baseline, for its estimation noise (``_baseline_noise``).
-    """
+    """A small run of each config: its files, and every MC point within its error bars of the
+    exact variance and gradient (``_check_points``)."""
     config = _small(name)
     workdir = tmp_path / name
     results = experiments.run_experiment(config, workdir)
@@ -234,7 +323,10 @@ def test_every_config_runs_and_its_points_match_the_exact_curves(name, tmp_path)
     saved = json.loads((workdir / "results.json").read_text())
     assert saved["points"] == json.loads(json.dumps(results["points"]))
     header = (workdir / "results.csv").read_text().splitlines()[0]
-    assert header == "cost,estimator,parameter,x,exact_variance,mc_variance,mc_se"
+    assert header == (
+        "cost,estimator,parameter,x,exact_variance,mc_variance,mc_se,"
+        "exact_gradient,mc_gradient,mc_gradient_se"
+    )
     if "dims" in config:
         per_cost = [len(config.dims)] * len(config.costs)
     else:
@@ -242,21 +334,72 @@ def test_every_config_runs_and_its_points_match_the_exact_curves(name, tmp_path)
     points = saved["points"]
     assert len(points) == len(config.estimators) * len(config.parameters) * sum(per_cost)
 
+    _check_points(points, NUM_SAMPLES)
+
+
+_FIELDS = ("mc_variance", "mc_se", "exact_variance", "exact_variance")
+
+
+def _check_points(points, num_samples, problem="gaussian"):
+    """Every MC point within its error bars of the exact values, and the check's power.
+
+    Variance: |MC - exact| <= z SE + allowance, z Bonferroni-corrected over the points, with
+    allowances for float32 rounding (a variance floor of (1e-5 relative)^2 of the curve) and,
+    for the optimal baseline, for its estimation noise (``_baseline_noise``). Gradient (the
+    first coordinate's mean): |MC - exact| <= z SE. The same checks reject a variance curve
+    25% off, and a gradient 25% off, at more than half the points where that is detectable
+    (the gradient is 0 at some k).
+    """
     var, se, exact, allowance = (np.array([r[f] for r in points]) for f in _FIELDS)
     assert np.isfinite(var).all() and np.isfinite(se).all() and np.isfinite(exact).all()
     for i, r in enumerate(points):
         curve = [q["exact_variance"] for q in points if q["cost"] == r["cost"]]
         allowance[i] = 1e-10 * max(curve)
         if r["estimator"] == "score_function_optimal_baseline":
-            allowance[i] += _baseline_noise(r["parameter"], r["cost"], [r["x"]], NUM_SAMPLES)[0]
-    z = stats.norm.isf(ALPHA / (2 * len(points)))
+            noise = _baseline_noise(r["parameter"], r["cost"], [r["x"]], num_samples, problem)
+            allowance[i] += noise[0]
+    z = stats.norm.isf(ALPHA / (2 * 2 * len(points)))  # variance and gradient checks
     bad = np.abs(var - exact) > z * se + allowance
     assert not bad.any(), [p for p, b in zip(points, bad, strict=True) if b]
-    # The same check rejects a curve 25% off at most points, so it can fail.
-    assert (np.abs(var - 1.25 * exact) > z * se + allowance).mean() > 0.5
+    # The same check rejects a curve 25% off at most points, so it can fail (where the curve
+    # is not 0: one-dimensional Bernoulli, optimal baseline: (f(x) - b*)(x - p) is constant).
+    positive = exact > 1e-9 * exact.max()
+    assert positive.mean() >= 0.5
+    assert (np.abs(var - 1.25 * exact) > z * se + allowance)[positive].mean() > 0.5
+    grad, grad_se, grad_exact = (
+        np.array([r[f] for r in points])
+        for f in ("mc_gradient", "mc_gradient_se", "exact_gradient")
+    )
+    assert np.isfinite(grad).all() and (grad_se > 0).all()
+    bad = np.abs(grad - grad_exact) > z * grad_se
+    assert not bad.any(), [p for p, b in zip(points, bad, strict=True) if b]
+    detectable = np.abs(0.25 * grad_exact) > 2 * z * grad_se
+    if detectable.any():
+        rejected = np.abs(grad - 1.25 * grad_exact) > z * grad_se
+        assert rejected[detectable].mean() > 0.5
 
 
-_FIELDS = ("mc_variance", "mc_se", "exact_variance", "exact_variance")
+def _bernoulli_config(estimators=("score_function", "score_function_optimal_baseline")):
+    """fig2's settings on the Bernoulli problem: logit 0.4, f = (x - k)^2 on 7 k's."""
+    config = _small("fig2")
+    with config.unlocked():
+        del config["loc"], config["scale"]
+        config.problem = "bernoulli"
+        config.logit = 0.4
+        config.parameters = ("logits",)
+    experiments.apply_overrides(config, ["grid.quadratic.num=7"])
+    config.estimators = estimators
+    return config
+
+
+def test_bernoulli_problem_runs_and_its_points_match_enumeration(tmp_path):
+    """The discrete problem through the runner: points against the enumeration's exact values."""
+    config = _bernoulli_config()
+    results = experiments.run_experiment(config, tmp_path / "bernoulli")
+    assert results["problem"] == "bernoulli" and results["exact_method"] == "enumeration"
+    assert {c["estimator"] for c in results["exact"]} == set(config.estimators)
+    assert len(results["points"]) == 2 * 7
+    _check_points(results["points"], NUM_SAMPLES, "bernoulli")
 
 
 def test_plot_redraws_from_saved_results_alone(tmp_path, monkeypatch):

@@ -1,19 +1,22 @@
-r"""Variance figures (Mohamed et al. 2020, Figs 2-7): exact curves by quadrature, Monte Carlo dots.
+r"""Variance figures (Mohamed et al. 2020, Figs 2-7): exact curves and Monte Carlo dots.
 
-For :math:`x \sim N(\mu 1_D, \sigma^2 I_D)` and a cost ``f`` from a family (``f(x) = (x - k)^2``
-over ``k``, or a sum over coordinates as the dimension ``D`` grows), each figure shows the
-single-sample variance of the estimates of :math:`\partial E f / \partial\mu` (left) and
-:math:`\partial E f / \partial\sigma` (right) made by several estimators, computed two ways:
+A :class:`problems.Problem` (``config.problem``; the Gaussian :math:`x \sim N(\mu 1_D,
+\sigma^2 I_D)` of the paper by default) and a cost ``f`` from a family (``f(x) = (x - k)^2``
+over ``k``, or a sum over coordinates as the dimension ``D`` grows): each figure shows the
+single-sample variance of the estimates of the gradient with respect to each parameter
+(:math:`\partial E f / \partial\mu` and :math:`\partial E f / \partial\sigma` for the
+Gaussian) made by several estimators, computed two ways:
 
-- exact, by numerical integration in float64 (``exact``), drawn as lines;
-- Monte Carlo, from this project's own estimator functions (``estimators.score_function``,
-  ``pathwise``, ``measure_valued``, and the score function with ``optimal_baseline``) with
-  ``num_samples`` samples per point (``monte_carlo``: one jitted computation per estimator over
-  the whole grid), drawn as points with +-2 standard-error bars.
+- exact, from the problem (numerical integration in float64 for the Gaussian,
+  ``experiments.variance.exact``), drawn as lines, for the estimators whose variance it knows;
+- Monte Carlo, from this project's own estimator functions with ``num_samples`` samples per
+  point (``monte_carlo``: one jitted computation per estimator over the whole grid), drawn as
+  points with +-2 standard-error bars.
 
 For ``D > 1`` the exact value is the variance for one coordinate (all coordinates are alike);
 the Monte Carlo value is the per-coordinate sample variance averaged over the ``D``
-coordinates, which estimates the same number with less noise.
+coordinates, which estimates the same number with less noise. Each point also carries the
+exact gradient of the first coordinate and its Monte Carlo mean with a standard error.
 
 Writes ``results.json`` (the exact curves and every Monte Carlo point with its exact value),
 ``results.csv`` (the points) and ``<name>.png``/``.pdf``; :func:`plot` redraws the figure from
@@ -35,8 +38,8 @@ from tqdm import tqdm
 
 from .._workdir import atomic_write_text, read_json, save_figure, write_json
 from . import exact as quadrature
-from . import monte_carlo
-from .costs import COSTS, K_TERMS, active_terms
+from . import monte_carlo, problems
+from .costs import K_TERMS, Rows, active_terms
 
 ESTIMATOR_LABELS = {
     "score_function": "score function",
@@ -45,14 +48,14 @@ ESTIMATOR_LABELS = {
     "measure_valued_coupled": "measure-valued, coupled",
     "measure_valued_uncoupled": "measure-valued, uncoupled",
 }
-PARAMETER_LABELS = {"loc": r"$\mu$", "scale": r"$\sigma$"}
+# Axis labels of results written before problems named their parameters (redrawing old runs).
+_GAUSSIAN_LABELS = {"loc": r"$\mu$", "scale": r"$\sigma$"}
 _KEYS = {
     "runner",
     "name",
     "title",
     "seed",
-    "loc",
-    "scale",
+    "problem",
     "num_samples",
     "estimators",
     "parameters",
@@ -63,28 +66,46 @@ _KEYS = {
 }
 _GRID_KEYS = {"grid", "mc_every"}
 _DIM_KEYS = {"dims"}
-_POINT_FIELDS = ("cost", "estimator", "parameter", "x", "exact_variance", "mc_variance", "mc_se")
+_POINT_FIELDS = (
+    "cost",
+    "estimator",
+    "parameter",
+    "x",
+    "exact_variance",
+    "mc_variance",
+    "mc_se",
+    "exact_gradient",
+    "mc_gradient",
+    "mc_gradient_se",
+)
 
 
 def _fail(key: str, problem: str) -> None:
     raise ValueError(f"config.{key} {problem}")
 
 
+def _problem(config: ml_collections.ConfigDict) -> problems.Problem:
+    return problems.load(config.problem)
+
+
+def _values(config: ml_collections.ConfigDict, problem: problems.Problem) -> dict[str, float]:
+    """The problem's parameter values, from the config keys it declares."""
+    return {key: config[key] for key in problem.values}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ``ValueError`` naming the key of any unusable value; called before anything runs."""
     keys = set(config.keys())
     by_dim = "dims" in keys
-    allowed = _KEYS | (_DIM_KEYS if by_dim else _GRID_KEYS)
+    if "problem" not in keys:
+        raise ValueError("missing config key(s) ['problem'] (e.g. 'gaussian')")
+    problem = _problem(config)
+    allowed = _KEYS | set(problem.values) | (_DIM_KEYS if by_dim else _GRID_KEYS)
     if keys - allowed:
         raise ValueError(f"unknown config key(s) {sorted(keys - allowed)} for the variance runner")
     if keys < allowed:
         raise ValueError(f"missing config key(s) {sorted(allowed - keys)}")
-    if not (isinstance(config.scale, int | float) and math.isfinite(config.scale)):
-        _fail("scale", f"must be a finite number; got {config.scale!r}")
-    if config.scale <= 0:
-        _fail("scale", f"must be > 0 (it is sigma); got {config.scale}")
-    if not (isinstance(config.loc, int | float) and math.isfinite(config.loc)):
-        _fail("loc", f"must be a finite number; got {config.loc!r}")
+    problem.check_values(_values(config, problem))
     if not isinstance(config.num_samples, int) or config.num_samples < 2:
         _fail("num_samples", f"must be an int >= 2; got {config.num_samples!r}")
     if not isinstance(config.seed, int):
@@ -93,8 +114,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("num_nodes", f"must be an int >= {quadrature.PANEL_ORDER}")
     for key, known in (
         ("estimators", ESTIMATOR_LABELS),
-        ("parameters", PARAMETER_LABELS),
-        ("costs", COSTS),
+        ("parameters", problem.parameters),
+        ("costs", problem.costs),
     ):
         values = config[key]
         if not values or any(v not in known for v in values) or len(set(values)) < len(values):
@@ -111,7 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.mc_every, int) or config.mc_every < 1:
         _fail("mc_every", f"must be an int >= 1; got {config.mc_every!r}")
     for cost in config.costs:
-        if not COSTS[cost].uses_k:
+        if not problem.costs[cost].uses_k:
             _fail("costs", f"cost {cost!r} has no parameter k; use it with dims")
         if cost not in config.grid:
             _fail("grid", f"needs an entry for cost {cost!r}")
@@ -136,31 +157,30 @@ def _axes_values(config: ml_collections.ConfigDict, cost: str) -> tuple[np.ndarr
     return x, x[:: config.mc_every]
 
 
-def _rows(config: ml_collections.ConfigDict, cost: str, x: np.ndarray) -> dict[str, np.ndarray]:
+def _rows(config: ml_collections.ConfigDict, cost: str, x: np.ndarray) -> Rows:
     """Exact-side rows of one cost at the axis values ``x`` (``k`` or ``D``)."""
-    c = COSTS[cost]
+    c = _problem(config).costs[cost]
     n = x.shape[0]
     by_dim = "dims" in config
-    return {
-        "weights": np.tile(np.asarray(c.weight_vector()), (n, 1)),
-        "k": np.zeros(n) if by_dim else x,
-        "constant": np.full(n, c.constant),
-        "dim": x if by_dim else np.ones(n),
-    }
-
-
-def _exact(config, estimator: str, parameter: str, rows: dict[str, np.ndarray]) -> np.ndarray:
-    return quadrature.exact_variance(
-        estimator,
-        parameter,
-        rows["weights"],
-        rows["k"],
-        rows["constant"],
-        rows["dim"],
-        config.loc,
-        config.scale,
-        num_nodes=config.num_nodes,
+    return Rows(
+        weights=np.tile(np.asarray(c.weight_vector()), (n, 1)),
+        k=np.zeros(n) if by_dim else x,
+        constant=np.full(n, c.constant),
+        dim=x if by_dim else np.ones(n),
     )
+
+
+def _exact(config, estimator: str, parameter: str, rows: Rows) -> np.ndarray | None:
+    """The exact variance of ``estimator`` at ``rows``, or ``None`` if the problem lacks it."""
+    problem = _problem(config)
+    values = _values(config, problem)
+    return problem.exact_variance(estimator, parameter, rows, values, config.num_nodes)
+
+
+def _exact_gradient(config, parameter: str, rows: Rows) -> np.ndarray:
+    problem = _problem(config)
+    values = _values(config, problem)
+    return problem.exact_gradient(parameter, rows, values, config.num_nodes)
 
 
 def _mc_tasks(config: ml_collections.ConfigDict) -> list[tuple[str, int, list[tuple[str, float]]]]:
@@ -177,33 +197,43 @@ def _mc_tasks(config: ml_collections.ConfigDict) -> list[tuple[str, int, list[tu
 
 
 def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> dict:
-    """Monte Carlo variance and standard error of both parameters for the rows of one call."""
+    """Per parameter, ``(variance, se, gradient, gradient_se)`` ``[R]`` for the rows of one call."""
     by_dim = "dims" in config
+    problem = _problem(config)
     # Each estimator (and D) has its own stream, whatever else the config computes.
     key = jax.random.fold_in(jax.random.key(config.seed), monte_carlo.ESTIMATORS.index(estimator))
     if by_dim:
         key = jax.random.fold_in(key, dim)
-    costs = [COSTS[c] for c, _ in rows]
+    costs = [problem.costs[c] for c, _ in rows]
     chunks = tuple(monte_carlo.chunk_sizes(config.num_samples, len(rows), dim, estimator))
     moments = monte_carlo.mc_moments(
         key,
         np.array([c.weight_vector() for c in costs], np.float32),
         np.array([0.0 if by_dim else x for _, x in rows], np.float32),
         np.array([c.constant for c in costs], np.float32),
-        np.float32(config.loc),
-        np.float32(config.scale),
+        {k: np.float32(v) for k, v in _values(config, problem).items()},
+        problem=problem,
         estimator=estimator,
         terms=active_terms([c for c, _ in rows]) if by_dim else K_TERMS,
         dim=dim,
         chunks=chunks,
     )
-    return {p: monte_carlo.combine(moments[p], chunks) for p in monte_carlo.PARAMETERS}
+    return {
+        p: monte_carlo.combine(moments[p], chunks)
+        + monte_carlo.first_coordinate_mean(moments[p], chunks)
+        for p in config.parameters
+    }
+
+
+def _float_or_none(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Compute the figure's exact curves and Monte Carlo points, save them, draw the figure."""
     validate(config)
     workdir = Path(workdir)
+    problem = _problem(config)
     by_dim = "dims" in config
     exact_curves = []
     for cost in config.costs:
@@ -211,13 +241,16 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         rows = _rows(config, cost, x)
         for est in config.estimators:
             for p in config.parameters:
+                variance = _exact(config, est, p, rows)
+                if variance is None:
+                    continue
                 exact_curves.append(
                     {
                         "cost": cost,
                         "estimator": est,
                         "parameter": p,
                         "x": x.tolist(),
-                        "variance": _exact(config, est, p, rows).tolist(),
+                        "variance": variance.tolist(),
                     }
                 )
     points = []
@@ -233,32 +266,35 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         bar.set_postfix_str(est + (f" D={dim}" if by_dim else ""))
         mc = _run_mc(config, est, dim, rows)
         for p in config.parameters:
-            variance, se = mc[p]
+            variance, se, gradient, gradient_se = mc[p]
             for cost in dict.fromkeys(c for c, _ in rows):
                 idx = [i for i, (c, _) in enumerate(rows) if c == cost]
                 xs = np.array([rows[i][1] for i in idx])
-                exact = _exact(config, est, p, _rows(config, cost, xs))
+                exact_rows = _rows(config, cost, xs)
+                exact = _exact(config, est, p, exact_rows)
+                exact_gradient = _exact_gradient(config, p, exact_rows)
                 for j, i in enumerate(idx):
-                    points.append(
-                        dict(
-                            zip(
-                                _POINT_FIELDS,
-                                (cost, est, p, xs[j], exact[j], variance[i], se[i]),
-                                strict=True,
-                            )
-                        )
+                    values = (
+                        *(cost, est, p, xs[j]),
+                        None if exact is None else exact[j],
+                        *(variance[i], se[i], exact_gradient[j], gradient[i], gradient_se[i]),
                     )
+                    points.append(dict(zip(_POINT_FIELDS, values, strict=True)))
     points = [
-        {k: (float(v) if k in _POINT_FIELDS[3:] else v) for k, v in r.items()} for r in points
+        {k: (_float_or_none(v) if k in _POINT_FIELDS[3:] else v) for k, v in r.items()}
+        for r in points
     ]
     results = {
         "name": config.name,
         "title": config.title,
+        "problem": problem.name,
+        "values": _values(config, problem),
+        "value_labels": dict(problem.value_labels),
+        "parameter_labels": {p: problem.parameters[p] for p in config.parameters},
+        "exact_method": problem.exact_method,
         "axis": "dim" if by_dim else "k",
         "xscale": {c: "log" if by_dim or config.grid[c].log else "linear" for c in config.costs},
         "yscale": config.yscale,
-        "loc": config.loc,
-        "scale": config.scale,
         "num_samples": config.num_samples,
         "statistic": (
             "exact: variance of the estimate for one coordinate; Monte Carlo: per-coordinate "
@@ -266,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             if by_dim
             else "single-sample variance; Monte Carlo +-2 SE"
         ),
-        "costs": {c: COSTS[c].label for c in config.costs},
+        "costs": {c: problem.costs[c].label for c in config.costs},
         "estimators": {e: ESTIMATOR_LABELS[e] for e in config.estimators},
         "parameters": list(config.parameters),
         "exact": exact_curves,
@@ -312,6 +348,7 @@ def plot(workdir: str | Path) -> list[Path]:
 
     workdir = Path(workdir)
     results = read_json(workdir / "results.json")
+    parameter_labels = results.get("parameter_labels", _GAUSSIAN_LABELS)
     panels = _panels(results)
     params = results["parameters"]
     ncols = len(params) if len(params) > 1 or results["axis"] == "dim" else len(panels)
@@ -363,7 +400,7 @@ def plot(workdir: str | Path) -> list[Path]:
             ax.set_ylim(_log_floor(shown), 1.6 * max(shown))
         ax.set_xlabel("dimension $D$" if overlay else "$k$")
         ax.set_ylabel("variance per coordinate" if overlay else "variance")
-        title = f"$\\partial/\\partial${PARAMETER_LABELS[param]}"
+        title = f"$\\partial/\\partial${parameter_labels[param]}"
         if cost is not None:
             title = f"{results['costs'][cost]}, {title}"
         ax.set_title(title, fontsize=10)
@@ -382,9 +419,12 @@ def plot(workdir: str | Path) -> list[Path]:
         bbox_to_anchor=(0.5, 0.0),
     )
     n = results["num_samples"]
+    values = results.get("values") or {"loc": results["loc"], "scale": results["scale"]}
+    symbols = results.get("value_labels", {"loc": r"\mu", "scale": r"\sigma"})
     note = (
-        f"lines: exact (numerical integration); points: Monte Carlo, {n:,} samples each, "
-        f"$\\pm$2 SE; $\\mu = {results['loc']:g}$, $\\sigma = {results['scale']:g}$"
+        f"lines: exact ({results.get('exact_method', 'numerical integration')}); points: Monte "
+        f"Carlo, {n:,} samples each, $\\pm$2 SE; "
+        + ", ".join(f"${symbols[k]} = {v:g}$" for k, v in values.items())
     )
     if overlay:
         note += "; MC: mean over coordinates"

@@ -1,6 +1,7 @@
 """Settings shared by the variance-figure configs (`experiments/configs/fig2.py` ... `fig7.py`).
 
-Each figure is one Gaussian ``N(loc, scale^2)``, estimators and costs, with the exact variance
+Each figure is one problem (``experiments/variance/problems/``; the Gaussian ``N(loc, scale^2)``
+of the paper here), estimators and costs, with the exact variance
 by quadrature on a dense grid and Monte Carlo points on part of it; each config names its own.
 """
 
@@ -15,12 +16,13 @@ GRIDS = {
 
 
 def base_config(name: str, title: str) -> ml_collections.ConfigDict:
-    """``N(1, 1)``, 1e5 samples per Monte Carlo point, 512 quadrature nodes, log y axis."""
+    """The Gaussian ``N(1, 1)``, 1e5 samples per Monte Carlo point, 512 quadrature nodes, log y."""
     config = ml_collections.ConfigDict()
     config.runner = "variance"
     config.name = name
     config.title = title
     config.seed = 0
+    config.problem = "gaussian"  # experiments/variance/problems/gaussian.py: keys loc, scale
     config.loc = 1.0
     config.scale = 1.0
     config.num_samples = 100_000

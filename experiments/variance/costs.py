@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The terms phi may combine, in a fixed order: weights arrays are [..., len(TERMS)].
 # The estimators of the figures and the parameters they differentiate.
@@ -76,6 +77,15 @@ class Cost:
 
     def weight_vector(self) -> list[float]:
         return [float(self.weights.get(t, 0.0)) for t in TERMS]
+
+
+class Rows(NamedTuple):
+    """The rows of a grid for the exact side: one cost and one ``k`` (or ``D``) per row."""
+
+    weights: np.ndarray  # [R, len(TERMS)] term weights of each row's cost
+    k: np.ndarray  # [R] the cost family's parameter
+    constant: np.ndarray  # [R] the constant a of each cost
+    dim: np.ndarray  # [R] the dimension D
 
 
 COSTS: dict[str, Cost] = {

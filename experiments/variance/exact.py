@@ -102,7 +102,7 @@ def _rows(values: np.ndarray, ndim: int) -> np.ndarray:
     return values.reshape(values.shape[0], *([1] * ndim))
 
 
-def _phi(x: np.ndarray, weights: np.ndarray, k: np.ndarray, fn: Callable = term) -> np.ndarray:
+def term_sum(x: np.ndarray, weights: np.ndarray, k: np.ndarray, fn: Callable = term) -> np.ndarray:
     """``sum_t weights[:, t] fn_t(x; k)``: nodes ``x`` of any shape S -> ``[R, *S]``."""
     out = np.zeros((k.shape[0], *x.shape))
     kk = _rows(k, x.ndim)
@@ -122,6 +122,69 @@ def _var(values: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``Var[values]`` under weights ``w``, centred first (two passes, no cancellation)."""
     m = _mean(values, w)
     return _mean((values - _rows(m, w.ndim)) ** 2, w)
+
+
+def score_function_variance(
+    phi: np.ndarray,
+    w: np.ndarray,
+    s: np.ndarray,
+    constant: np.ndarray,
+    dim: np.ndarray,
+    *,
+    optimal: bool,
+) -> np.ndarray:
+    r"""Variance of the score-function estimate :math:`g = (f(x) - b)\,s(x_1)` of the first
+    coordinate, for a separable cost and independent, identically distributed coordinates.
+
+    With :math:`A = a + \sum_{d>1}\phi(x_d)` independent of :math:`x_1`,
+    :math:`E[g^2] = E[\phi^2 s^2] + 2 E[A - b] E[\phi s^2] + E[(A - b)^2] E[s^2]` and
+    :math:`E g = E[\phi s]`. Any rule for the law of one coordinate works: quadrature nodes of
+    a density, or the atoms of a discrete law (enumeration, exact).
+
+    Args:
+      phi: ``[R, n]`` :math:`\phi(x)` of each row at the rule's nodes.
+      w: ``[n]`` the rule's weights (summing to 1).
+      s: ``[n]`` the score :math:`\partial \log p(x) / \partial\theta_1` at the nodes.
+      constant: ``[R]`` the constant ``a``; dim: ``[R]`` the dimension ``D``.
+      optimal: with the optimal baseline :math:`b^* = E[f s^2] / E[s^2]`, else ``b = 0``.
+
+    Returns:
+      ``[R]`` variances.
+    """
+    e_fs, e_fs2, e_f2s2 = _mean(phi, w * s), _mean(phi, w * s**2), _mean(phi**2, w * s**2)
+    e_s2 = float(np.sum(w * s**2))
+    # A = a + sum_{d>1} phi(x_d): independent of x_1.
+    mean_a = constant + (dim - 1) * _mean(phi, w)
+    var_a = (dim - 1) * _var(phi, w)
+    b = 0.0
+    if optimal:
+        b = (e_fs2 + mean_a * e_s2) / e_s2  # b* = E[f s^2] / E[s^2]
+    second = e_f2s2 + 2 * (mean_a - b) * e_fs2 + (var_a + (mean_a - b) ** 2) * e_s2
+    return second - e_fs**2
+
+
+def exact_gradient(
+    parameter: str,
+    weights: np.ndarray,
+    k: np.ndarray,
+    loc: float,
+    scale: float,
+    *,
+    num_nodes: int,
+) -> np.ndarray:
+    r""":math:`\partial E f / \partial\theta_1` (first coordinate) for ``R`` costs at once:
+    :math:`E[\phi'(x_1)]` for the loc, :math:`E[\phi'(x_1)\,\epsilon]` for the scale, by
+    the same quadrature (``phi'`` written by hand in ``costs.term_derivative``).
+
+    Args: as :func:`exact_variance` (the constant and ``D`` do not enter). Returns ``[R]``.
+    """
+    if parameter not in PARAMETERS:
+        raise ValueError(f"unknown parameter {parameter!r}; known: {PARAMETERS}")
+    weights, k = np.asarray(weights, np.float64), np.asarray(k, np.float64)
+    q = rules(num_nodes)
+    z, wz = q.normal_nodes, q.normal_weights
+    t = np.ones_like(z) if parameter == "loc" else z
+    return _mean(term_sum(loc + scale * z, weights, k, term_derivative), wz * t)
 
 
 def exact_variance(
@@ -163,31 +226,23 @@ def exact_variance(
     z, wz = q.normal_nodes, q.normal_weights
     if estimator.startswith("score_function"):
         s = z / sigma if parameter == "loc" else (z**2 - 1) / sigma
-        phi = _phi(mu + sigma * z, weights, k)  # [R, n]
-        e_fs, e_fs2, e_f2s2 = _mean(phi, wz * s), _mean(phi, wz * s**2), _mean(phi**2, wz * s**2)
-        e_s2 = float(np.sum(wz * s**2))
-        # A = a + sum_{d>1} phi(x_d): independent of x_1.
-        mean_a = constant + (dim - 1) * _mean(phi, wz)
-        var_a = (dim - 1) * _var(phi, wz)
-        b = 0.0
-        if estimator == "score_function_optimal_baseline":
-            b = (e_fs2 + mean_a * e_s2) / e_s2  # b* = E[f s^2] / E[s^2]
-        second = e_f2s2 + 2 * (mean_a - b) * e_fs2 + (var_a + (mean_a - b) ** 2) * e_s2
-        return second - e_fs**2
+        phi = term_sum(mu + sigma * z, weights, k)  # [R, n]
+        optimal = estimator == "score_function_optimal_baseline"
+        return score_function_variance(phi, wz, s, constant, dim, optimal=optimal)
     if estimator == "pathwise":
         t = np.ones_like(z) if parameter == "loc" else z
-        return _var(_phi(mu + sigma * z, weights, k, term_derivative) * t, wz)
+        return _var(term_sum(mu + sigma * z, weights, k, term_derivative) * t, wz)
     coupled = estimator == "measure_valued_coupled"
     if parameter == "loc":
         c = 1 / (sigma * math.sqrt(2 * math.pi))
         r, wr = q.weibull_nodes, q.weibull_weights
-        pos, neg = _phi(mu + sigma * r, weights, k), _phi(mu - sigma * r, weights, k)
+        pos, neg = term_sum(mu + sigma * r, weights, k), term_sum(mu - sigma * r, weights, k)
         if coupled:
             return c**2 * _var(pos - neg, wr)
         return c**2 * (_var(pos, wr) + _var(neg, wr))
     c = 1 / sigma
     if not coupled:
-        pos, neg = _phi(mu + sigma * z, weights, k), _phi(mu + sigma * z, weights, k)
+        pos, neg = term_sum(mu + sigma * z, weights, k), term_sum(mu + sigma * z, weights, k)
         return c**2 * (_var(pos, q.maxwell_weights) + _var(neg, wz))
     # Coupled: g = c [phi(mu + sigma M) - phi(mu + sigma M U)], a 2-D rule over (M, U).
     m_u = z[:, None] * q.uniform_nodes[None, :]  # [n, n // 4]
@@ -195,7 +250,7 @@ def exact_variance(
     out = np.empty(k.shape[0])
     for i in range(0, k.shape[0], _R_BLOCK):
         sl = slice(i, i + _R_BLOCK)
-        pos = _phi(mu + sigma * z, weights[sl], k[sl])[:, :, None]  # [r, n, 1]
-        neg = _phi(mu + sigma * m_u, weights[sl], k[sl])  # [r, n, n]
+        pos = term_sum(mu + sigma * z, weights[sl], k[sl])[:, :, None]  # [r, n, 1]
+        neg = term_sum(mu + sigma * m_u, weights[sl], k[sl])  # [r, n, n]
         out[sl] = c**2 * _var(pos - neg, w2)
     return out

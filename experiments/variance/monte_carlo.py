@@ -19,7 +19,8 @@ import numpy as np
 
 import estimators
 
-from .costs import ESTIMATORS, PARAMETERS, separable_cost
+from .costs import ESTIMATORS, separable_cost
+from .problems import Problem
 
 # One vectorised step handles about this many scalar per-sample estimates: small enough to stay
 # in cache (2**21 ran 2-4x slower on a 2-core CPU), large enough to amortise the loop.
@@ -28,24 +29,22 @@ STEP_ELEMENTS = 2**18
 MEASURE_VALUED_STEP = 2**24
 
 
-def _normal(params: dict) -> estimators.Normal:
-    return estimators.Normal(params["loc"], params["scale"])
-
-
-def _jacobians(estimator: str, cost, params: dict, key: jax.Array, n: int, baseline) -> dict:
-    """Per-sample estimates ``{"loc": [n, D], "scale": [n, D]}`` of one estimator."""
+def _jacobians(
+    estimator: str, cost, params: dict, dist_builder, key: jax.Array, n: int, baseline
+) -> dict:
+    """Per-sample estimates ``{leaf: [n, D]}`` of one estimator."""
     if estimator == "score_function":
-        return estimators.score_function(cost, params, _normal, key, num_samples=n)
+        return estimators.score_function(cost, params, dist_builder, key, num_samples=n)
     if estimator == "score_function_optimal_baseline":
         return estimators.score_function(
-            cost, params, _normal, key, num_samples=n, baseline=baseline
+            cost, params, dist_builder, key, num_samples=n, baseline=baseline
         )
     if estimator == "pathwise":
-        return estimators.pathwise(cost, params, _normal, key, num_samples=n)
+        return estimators.pathwise(cost, params, dist_builder, key, num_samples=n)
     if estimator in ("measure_valued_coupled", "measure_valued_uncoupled"):
         coupling = estimator == "measure_valued_coupled"
         return estimators.measure_valued(
-            cost, params, _normal, key, num_samples=n, coupling=coupling
+            cost, params, dist_builder, key, num_samples=n, coupling=coupling
         )
     raise ValueError(f"unknown estimator {estimator!r}; known: {ESTIMATORS}")
 
@@ -91,15 +90,15 @@ def chunk_sizes(num_samples: int, rows: int, dim: int, estimator: str = "") -> l
     return [size] * full + ([rem] if rem else [])
 
 
-@partial(jax.jit, static_argnames=("estimator", "terms", "dim", "chunks"))
+@partial(jax.jit, static_argnames=("problem", "estimator", "terms", "dim", "chunks"))
 def mc_moments(
     key: jax.Array,
     weights: jax.Array,
     ks: jax.Array,
     constants: jax.Array,
-    loc: jax.Array,
-    scale: jax.Array,
+    values: dict[str, jax.Array],
     *,
+    problem: Problem,
     estimator: str,
     terms: tuple[str, ...],
     dim: int,
@@ -108,12 +107,15 @@ def mc_moments(
     """Per-chunk moments of ``estimator``'s per-sample estimates for every row of a grid.
 
     Row ``r`` is the cost ``constants[r] + sum_d sum_t weights[r, t] term_t(x_d; ks[r])``
-    (``costs.separable_cost``) under ``N(loc 1_D, scale^2 I_D)``; the gradient is
-    taken with respect to ``{"loc": [D], "scale": [D]}``.
+    (``costs.separable_cost``) under ``problem.dist_builder(params)`` with
+    ``params = problem.params(values, dim)`` (leaves ``[D]``), the gradient taken with respect
+    to ``params``.
 
     Args:
       key: PRNG key; rows and chunks use independent keys split from it.
-      weights: ``[R, len(TERMS)]``; ks, constants: ``[R]``; loc, scale: ``[]``.
+      weights: ``[R, len(TERMS)]``; ks, constants: ``[R]``.
+      values: the problem's parameter values (``problem.values``' keys), each ``[]``.
+      problem: the :class:`problems.Problem` (static).
       estimator: one of ``ESTIMATORS`` (static).
       terms: the cost terms with nonzero weights (static).
       dim: ``D`` (static).
@@ -121,12 +123,13 @@ def mc_moments(
         :func:`chunk_sizes`). All chunks but the last have one size, run by ``lax.map``.
 
     Returns:
-      ``{"loc": m, "scale": m}`` with ``m`` the moments of :func:`_chunk_moments` stacked over
-      chunks: ``mean, m2: [R, C, D]``, ``h1, h2: [R, C]``.
+      ``{leaf: m}`` for each leaf of ``problem.parameters``, ``m`` the moments of
+      :func:`_chunk_moments` stacked over chunks: ``mean, m2: [R, C, D]``, ``h1, h2: [R, C]``.
     """
     size, num_full = chunks[0], sum(c == chunks[0] for c in chunks)
     num_rows = ks.shape[0]
-    params = {"loc": jnp.full((dim,), loc), "scale": jnp.full((dim,), scale)}
+    params = problem.params(values, dim)
+    dist_builder = problem.dist_builder
 
     def cost_of(w: jax.Array, k: jax.Array, a: jax.Array):
         return lambda x: separable_cost(x, w, k, a, terms=terms)
@@ -140,7 +143,7 @@ def mc_moments(
         def baselines(row_keys: jax.Array) -> dict:
             def one(k_: jax.Array, w: jax.Array, k: jax.Array, a: jax.Array) -> dict:
                 cost = cost_of(w, k, a)
-                return estimators.optimal_baseline(cost, params, _normal, k_, num_samples=size)
+                return estimators.optimal_baseline(cost, params, dist_builder, k_, num_samples=size)
 
             return jax.vmap(one)(row_keys, weights, ks, constants)
 
@@ -150,8 +153,8 @@ def mc_moments(
     def chunk(n: int):
         def rows(row_keys: jax.Array) -> dict:  # all rows, one chunk of n samples each
             def one(k_, w, k, a, b) -> dict:
-                jac = _jacobians(estimator, cost_of(w, k, a), params, k_, n, b)
-                return {p: _chunk_moments(jac[p]) for p in PARAMETERS}
+                jac = _jacobians(estimator, cost_of(w, k, a), params, dist_builder, k_, n, b)
+                return {p: _chunk_moments(jac[p]) for p in problem.parameters}
 
             return jax.vmap(one)(row_keys, weights, ks, constants, baseline)
 
@@ -198,3 +201,22 @@ def combine(moments: dict, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndar
     h2 = np.asarray(moments["h2"], np.float64).sum(axis=1) / n
     se = np.sqrt(np.maximum(h2 - np.square(h1), 0.0) / n)
     return variance, se
+
+
+def first_coordinate_mean(moments: dict, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the first coordinate's per-sample estimates, and its standard error, per row.
+
+    The Monte Carlo estimate of the gradient that the problem's exact gradient is compared
+    with: ``sqrt(s^2 / N)`` with ``s^2`` the unbiased variance of the first coordinate (the
+    chunks merged as in :func:`combine`).
+
+    Returns:
+      ``(mean [R], standard_error [R])``.
+    """
+    n_c = np.asarray(chunks, np.float64)  # [C]
+    n = n_c.sum()
+    mean_c = np.asarray(moments["mean"], np.float64)[:, :, 0]  # [R, C]
+    mean = mean_c @ n_c / n
+    m2 = np.asarray(moments["m2"], np.float64)[:, :, 0].sum(axis=1)
+    m2 = m2 + np.square(mean_c - mean[:, None]) @ n_c
+    return mean, np.sqrt(m2 / (n - 1) / n)
