@@ -1,24 +1,32 @@
-"""Argument checks and key handling shared by every estimator.
+"""Argument checks, key handling and helpers shared by every estimator.
 
 The checks run at trace time: they look only at static things (shapes, dtypes, Python ints), so
-they cost nothing under ``jit`` and fail before any computation.
+they cost nothing under ``jit`` and fail before any computation. Also here: the gradient
+pull-back from a distribution's statistics to its parameters (:func:`pull_back`), costs that
+carry a fast evaluator of one replaced coordinate (:func:`with_coordinate_costs`), and the mark
+of an estimator that a baseline cannot change (:func:`invariant_to_baselines`).
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 
+from ._capabilities import StandardNoise
 from ._distributions import Distribution
 
 Array = jax.Array
 PyTree = Any
 CostFn = Callable[[Array], Array]
 DistBuilder = Callable[[PyTree], Distribution]
+# (x: [D], values: [P, D]) -> [P, D], out[p, d] = f(x with coordinate d set to values[p, d]).
+CoordinateCostFn = Callable[[Array, Array], Array]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def check_num_samples(num_samples: Any, who: str) -> int:
@@ -96,13 +104,14 @@ def build_and_check(
 def sample_noise(dist: Distribution, key: Array, num_samples: int) -> Array:
     """The randomness of ``num_samples`` samples, one row per sample.
 
-    A distribution with ``standard_noise``/``from_noise`` (a location-scale family such as
-    ``Normal``) gets one batched draw of standard noise, ``[num_samples, *event_shape]``: on a
-    CPU one call is several times faster than one key per sample. Any other distribution gets
-    one key per sample, ``jax.random.split(key, num_samples)``.
+    A :class:`StandardNoise` distribution (``standard_noise``/``from_noise``: a location-scale
+    family such as ``Normal``) gets one batched draw of standard noise,
+    ``[num_samples, *event_shape]``: on a CPU one call is several times faster than one key per
+    sample. Any other distribution gets one key per sample, ``jax.random.split(key,
+    num_samples)``.
     """
-    if hasattr(dist, "standard_noise"):
-        return dist.standard_noise(key, (num_samples,))
+    if isinstance(dist, StandardNoise):
+        return dist.standard_noise(key, (num_samples,))  # type: ignore[attr-defined]
     return jax.random.split(key, num_samples)
 
 
@@ -111,9 +120,8 @@ def sample_from_noise(dist: Distribution, noise: Array) -> Array:
 
     Differentiable with respect to the distribution's parameters when it is reparameterisable.
     """
-    from_noise = getattr(dist, "from_noise", None)
-    if from_noise is not None:
-        return from_noise(noise)
+    if isinstance(dist, StandardNoise):
+        return dist.from_noise(noise)  # type: ignore[attr-defined]
     return dist.sample(noise)
 
 
@@ -130,3 +138,136 @@ def draw_samples(dist: Distribution, key: Array, num_samples: int) -> Array:
 def draw(dist_builder: DistBuilder, params: PyTree, key: Array, num_samples: int) -> Array:
     """:func:`draw_samples` of ``dist_builder(params)``, differentiable in ``params``."""
     return draw_samples(dist_builder(params), key, num_samples)
+
+
+def pull_back(
+    dist_builder: DistBuilder,
+    params: PyTree,
+    statistics: Callable[[Distribution], PyTree],
+    per_sample_grads: PyTree,
+) -> PyTree:
+    r"""Per-sample gradients w.r.t. a distribution's statistics, pulled back to its parameters.
+
+    With :math:`s(\theta) = \mathrm{statistics}(\mathrm{dist\_builder}(\theta))` and
+    per-sample gradients :math:`g_i = \partial \hat L_i / \partial s` (an estimator written
+    for the statistics, e.g. the measure-valued one for ``(loc, scale)``, or an ARM-type one
+    for logits), returns :math:`J_s(\theta)^\top g_i` for every ``i``: the chain rule, one
+    ``jax.vjp`` of ``statistics . dist_builder`` at ``params`` (linearised once, then vmapped
+    over the samples), so ``params`` may be any pytree the builder maps to the distribution.
+
+    Args:
+      dist_builder: ``params -> distribution``.
+      params: any pytree of float arrays.
+      statistics: ``distribution -> pytree`` of arrays, differentiable in the parameters
+        (e.g. ``lambda d: {"loc": d.loc, "scale": d.scale}``).
+      per_sample_grads: a pytree like ``statistics(dist_builder(params))`` whose leaves are
+        ``[N, *statistic_leaf.shape]``.
+
+    Returns:
+      A pytree like ``params``; each leaf ``[N, *leaf.shape]``.
+
+    Raises:
+      ValueError: if ``per_sample_grads`` does not have the structure of the statistics, with
+        one leading axis of the same length on every leaf.
+    """
+    stats, vjp = jax.vjp(lambda p: statistics(dist_builder(p)), params)
+    stats_def: Any = jax.tree.structure(stats)  # (mypy sees no comparison on PyTreeDef)
+    grads_def: Any = jax.tree.structure(per_sample_grads)
+    if stats_def != grads_def:
+        raise ValueError(
+            f"pull_back: per_sample_grads must have the structure of the statistics, {stats_def};"
+            f" got {grads_def}"
+        )
+    leads = set()
+    for (path, s), g in zip(
+        jax.tree_util.tree_leaves_with_path(stats), jax.tree.leaves(per_sample_grads), strict=True
+    ):
+        if jnp.ndim(g) != jnp.ndim(s) + 1 or tuple(jnp.shape(g))[1:] != tuple(jnp.shape(s)):
+            raise ValueError(
+                f"pull_back: per_sample_grads{jax.tree_util.keystr(path)} must be "
+                f"[N, *{list(jnp.shape(s))}] (one gradient per sample for a statistic of that "
+                f"shape); got {list(jnp.shape(g))}"
+            )
+        leads.add(jnp.shape(g)[0])
+    if len(leads) > 1:
+        raise ValueError(
+            f"pull_back: every leaf of per_sample_grads needs the same number of samples; got "
+            f"{sorted(leads)}"
+        )
+    return jax.vmap(lambda g: vjp(g)[0])(per_sample_grads)
+
+
+class StructuredCost:
+    """A cost ``f(x) -> []`` that carries a fast evaluator of ``f`` with one coordinate replaced.
+
+    Built by :func:`with_coordinate_costs`. Calling it calls ``f``, so every estimator takes it
+    as an ordinary cost; the measure-valued estimator uses ``coordinate_costs`` instead, and
+    :func:`estimators.with_control_variate` builds the residual ``f - c h`` as a structured cost
+    too, so the fast path survives any wrapper that passes the cost along.
+
+    Attributes:
+      function: ``f(x) -> []`` for one sample ``x: [*event_shape]``.
+      coordinate_costs: ``(x: [D], values: [P, D]) -> [P, D]``,
+        ``out[p, d] = f(x with x_d = values[p, d])`` (``x`` flattened).
+    """
+
+    def __init__(self, function: CostFn, coordinate_costs: CoordinateCostFn):
+        self.function = function
+        self.coordinate_costs = coordinate_costs
+
+    def __call__(self, x: Array) -> Array:
+        return self.function(x)
+
+    def __repr__(self) -> str:
+        return f"with_coordinate_costs({self.function!r}, {self.coordinate_costs!r})"
+
+
+def with_coordinate_costs(function: CostFn, coordinate_costs: CoordinateCostFn) -> StructuredCost:
+    """``function`` as a cost that carries its fast coordinate evaluator ``coordinate_costs``.
+
+    The measure-valued estimator evaluates ``f`` at every sample with one coordinate replaced,
+    ``2 S D`` times per sample (``S`` statistics, ``D`` coordinates; ``4 D`` for the Normal).
+    A cost that depends on ``x`` through ``A x`` can update ``A x`` by one column instead (see
+    ``models.logistic_regression``). The returned cost behaves as ``function`` everywhere;
+    :func:`estimators.measure_valued` uses ``coordinate_costs`` for the replaced evaluations.
+
+    Args:
+      function: ``f(x) -> []`` for one sample ``x: [*event_shape]``.
+      coordinate_costs: ``(x: [D], values: [P, D]) -> [P, D]`` with
+        ``out[p, d] = f(x with x_d = values[p, d])``, ``x`` flattened; it must agree with
+        ``function``.
+
+    Returns:
+      A :class:`StructuredCost`.
+    """
+    if not callable(function) or not callable(coordinate_costs):
+        raise TypeError(
+            "with_coordinate_costs: function and coordinate_costs must be callables; got "
+            f"{type(function).__name__} and {type(coordinate_costs).__name__}"
+        )
+    return StructuredCost(function, coordinate_costs)
+
+
+def structured_costs(function: Callable[..., Any]) -> CoordinateCostFn | None:
+    """The fast coordinate evaluator ``function`` carries, or ``None`` for a plain cost."""
+    return function.coordinate_costs if isinstance(function, StructuredCost) else None
+
+
+def invariant_to_baselines(estimator: _F) -> _F:
+    """Mark ``estimator`` as one whose estimate does not change when a constant is added to f.
+
+    True of every estimator that depends on ``f`` only through its derivatives in ``x``
+    (pathwise) or differences of its values (measure-valued): a baseline, a control variate
+    that does not depend on ``x``, then does nothing, and pairing one with it is an error in
+    :func:`estimators.with_control_variate`. Sets ``estimator.ignores_baselines = True``.
+    """
+    estimator.ignores_baselines = True  # type: ignore[attr-defined]
+    return estimator
+
+
+def ignores_baselines(estimator: Callable[..., Any]) -> bool:
+    """Whether ``estimator`` (or the function under its ``functools.partial``s) is marked by
+    :func:`invariant_to_baselines`."""
+    while isinstance(estimator, functools.partial):
+        estimator = estimator.func
+    return bool(getattr(estimator, "ignores_baselines", False))

@@ -22,10 +22,21 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
-from ._distributions import Beta, Distribution, Gamma, Normal
-from ._measure_valued import CoordinateCostFn, _step_sizes, coordinate_costs, measure_valued
-from ._pathwise import pathwise
+from ._capabilities import FactorizedMoments
+from ._common import (
+    Array,
+    CoordinateCostFn,
+    CostFn,
+    DistBuilder,
+    PyTree,
+    build_and_check,
+    draw,
+    ignores_baselines,
+    structured_costs,
+    with_coordinate_costs,
+)
+from ._distributions import Distribution
+from ._measure_valued import _step_sizes, coordinate_costs, measure_valued
 
 Estimator = Callable[..., PyTree]
 # Coefficient samples of `with_control_variate(..., coefficient="optimal")` are drawn with
@@ -81,11 +92,11 @@ def baseline_control_variate(baseline: Array | float) -> ControlVariate:
 
 
 def _check_delta_dist(dist: Distribution) -> None:
-    if not isinstance(dist, Normal | Gamma | Beta):
+    if not isinstance(dist, FactorizedMoments):
         raise ValueError(
-            "delta_method: needs a distribution with independent coordinates and a closed-form "
-            "mean and variance (estimators.Normal, Gamma or Beta); got "
-            f"{type(dist).__name__}"
+            "delta_method: needs a distribution with the FactorizedMoments capability "
+            "(independent coordinates with a closed-form mean and variance, e.g. "
+            f"estimators.Normal, Gamma or Beta); {type(dist).__name__} does not declare it"
         )
 
 
@@ -122,7 +133,8 @@ def delta_method(function: CostFn) -> ControlVariate:
     :math:`E[h_{\mu_0}] = f(\mu_0) + \nabla f^\top (\mu - \mu_0) + \tfrac12 ((\mu - \mu_0)^\top
     \nabla^2 f (\mu - \mu_0) + \sum_d v_d \nabla^2_{dd} f)` (Paisley et al. 2012). Only
     Hessian-vector products are used: one per evaluation of ``h`` and ``D`` for the diagonal,
-    so memory stays ``O(D)``. For Normal, Gamma and Beta; any event shape.
+    so memory stays ``O(D)``. For ``FactorizedMoments`` distributions (Normal, Gamma, Beta);
+    any event shape.
 
     With ``x_d`` replaced by ``v`` (the measure-valued estimator's perturbations),
     :math:`h = h(x) + \delta (\nabla_d f + (\nabla^2 f\,(x - \mu_0))_d) + \tfrac12 \delta^2
@@ -175,12 +187,6 @@ def delta_method(function: CostFn) -> ControlVariate:
     )
 
 
-def _unwrap(estimator: Estimator) -> Estimator:
-    while isinstance(estimator, functools.partial):
-        estimator = estimator.func
-    return estimator
-
-
 def _bound_keywords(estimator: Estimator) -> dict:
     """The keywords fixed by (nested) ``functools.partial``s; the outermost wins."""
     chain = []
@@ -193,36 +199,53 @@ def _bound_keywords(estimator: Estimator) -> dict:
     return out
 
 
-def _structured_estimators(
-    estimator: Estimator, control_variate: ControlVariate, point: Distribution
-) -> tuple[Estimator, Callable[[float | Array], Estimator]] | None:
-    """For ``partial(measure_valued, coordinate_costs=cc)``: estimators of ``h`` and of
-    ``f - c h`` whose evaluators see those costs (``cc`` evaluates ``f`` only). None otherwise.
+def _unwrap(estimator: Estimator) -> Estimator:
+    while isinstance(estimator, functools.partial):
+        estimator = estimator.func
+    return estimator
 
-    Returns ``(estimator for h, c -> estimator for f - c h)``.
+
+def _fast_costs(
+    estimator: Estimator, function: CostFn, who: str
+) -> tuple[Estimator, CoordinateCostFn | None]:
+    """``f``'s fast coordinate evaluator, and the estimator to call with structured costs.
+
+    The evaluator is the one ``function`` carries (:func:`estimators.with_coordinate_costs`),
+    or, the older form, the ``coordinate_costs`` keyword of ``functools.partial(measure_valued,
+    coordinate_costs=cc)``; that keyword evaluates ``f`` only, so it is taken off the estimator
+    (set to None) and the costs ``h`` and ``f - c h`` carry their own evaluators instead.
     """
-    keywords = _bound_keywords(estimator)
-    f_costs = keywords.get("coordinate_costs")
-    if _unwrap(estimator) is not measure_valued or f_costs is None:
-        return None
+    carried = structured_costs(function)
+    bound = None
+    if _unwrap(estimator) is measure_valued:
+        bound = _bound_keywords(estimator).get("coordinate_costs")
+    if bound is None:
+        return estimator, carried
+    if carried is not None:
+        raise ValueError(
+            f"{who}: the cost carries a coordinate evaluator (with_coordinate_costs) and the "
+            "estimator fixes coordinate_costs= too; give it one way"
+        )
+    return functools.partial(estimator, coordinate_costs=None), bound
+
+
+def _structured_costs_of_h(
+    estimator: Estimator, control_variate: ControlVariate, point: Distribution
+) -> CoordinateCostFn:
+    """The evaluator of ``h`` with one coordinate replaced: the control variate's own, or
+    ``h`` evaluated once per replaced coordinate."""
     if control_variate.coordinate_costs is not None:
-        h_costs = control_variate.coordinate_costs(point)
-    else:  # generic: the control variate evaluated once per replaced coordinate
-        event_shape = point.event_shape
-        dim = math.prod(event_shape)
-        batch = _step_sizes(1, dim, keywords.get("batch_size"), None)[1]
+        return control_variate.coordinate_costs(point)
+    event_shape = point.event_shape
+    dim = math.prod(event_shape)
+    batch = _step_sizes(1, dim, _bound_keywords(estimator).get("batch_size"), None)[1]
 
-        def h_costs(x: Array, values: Array) -> Array:
-            return coordinate_costs(
-                lambda y: control_variate.value(point, y), x, values, event_shape, batch
-            )
-
-    def for_residual(c: float | Array) -> Estimator:
-        return functools.partial(
-            estimator, coordinate_costs=lambda x, v: f_costs(x, v) - c * h_costs(x, v)
+    def h_costs(x: Array, values: Array) -> Array:
+        return coordinate_costs(
+            lambda y: control_variate.value(point, y), x, values, event_shape, batch
         )
 
-    return functools.partial(estimator, coordinate_costs=h_costs), for_residual
+    return h_costs
 
 
 def _check_pair(estimator: Estimator, control_variate: ControlVariate, who: str) -> None:
@@ -231,11 +254,11 @@ def _check_pair(estimator: Estimator, control_variate: ControlVariate, who: str)
             f"{who}: control_variate must be an estimators.ControlVariate; "
             f"got {type(control_variate).__name__}"
         )
-    base = _unwrap(estimator)
-    if control_variate.is_baseline and base in (pathwise, measure_valued):
+    if control_variate.is_baseline and ignores_baselines(estimator):
+        name = getattr(_unwrap(estimator), "__name__", type(estimator).__name__)
         raise ValueError(
             f"{who}: a baseline (a control variate that does not depend on x, such as the "
-            f"moving average) has no effect on the {base.__name__} estimator, whose estimate "
+            f"moving average) has no effect on the {name} estimator, whose estimate "
             "depends only on differences or derivatives of f in x; use it with "
             "estimators.score_function"
         )
@@ -291,20 +314,23 @@ def with_control_variate(
     :math:`\hat g_i[\cdot]` is ``estimator`` on the same samples (same key).
 
     Every estimator is linear in the cost, and ``estimator`` is called with the costs ``f``,
-    ``h`` or ``f - c h`` as ``function``; it must evaluate the function it is given. The one
-    exception is recognised: ``functools.partial(measure_valued, coordinate_costs=cc)``, whose
-    ``cc`` evaluates ``f`` only. Then ``h`` is evaluated by the control variate's own
-    ``coordinate_costs`` (the delta method's costs one Hessian-vector product per sample) or,
-    without one, once per replaced coordinate, and ``f - c h`` by ``cc - c`` times that. Pass
-    ``cc`` through ``functools.partial`` (or ``measure_valued`` itself): a wrapper that hides
-    it (a lambda, a def) would evaluate ``f`` where ``h`` is asked for, a silently wrong
-    estimate.
+    ``h`` or ``f - c h`` as ``function``; it must evaluate the function it is given. When ``f``
+    carries a fast coordinate evaluator ``cc`` (``estimators.with_coordinate_costs(f, cc)``),
+    ``h`` and ``f - c h`` are passed as structured costs too: ``h``'s evaluator is the control
+    variate's own ``coordinate_costs`` (the delta method's costs one Hessian-vector product per
+    sample) or, without one, ``h`` evaluated once per replaced coordinate, and that of
+    ``f - c h`` is ``cc - c`` times it; so any estimator, or wrapper of one, that passes the
+    cost along keeps the fast path. The older form ``functools.partial(measure_valued,
+    coordinate_costs=cc)`` is recognised and treated the same way; a wrapper that hides such a
+    keyword (a lambda, a def) would evaluate ``f`` where ``h`` is asked for, a silently wrong
+    estimate: put the evaluator on the cost instead.
 
     Args:
       estimator: :func:`estimators.pathwise`, :func:`estimators.score_function`,
         :func:`estimators.measure_valued`, or any function with their signature (a
         ``functools.partial`` fixing keywords is fine).
-      function: cost ``f(x) -> []`` for one sample.
+      function: cost ``f(x) -> []`` for one sample (a structured cost of
+        :func:`estimators.with_coordinate_costs` keeps its fast evaluator).
       control_variate: a :class:`ControlVariate`, e.g. :func:`delta_method` ``(function)``.
       params, dist_builder, key, num_samples: as for the estimator; the estimator sees the same
         key, so its samples are those of the plain estimator.
@@ -322,15 +348,19 @@ def with_control_variate(
     _check_pair(estimator, control_variate, who)
     point = jax.lax.stop_gradient(dist_builder(params))  # the expansion point, held fixed
 
-    def h(x: Array) -> Array:
+    def plain_h(x: Array) -> Array:
         return control_variate.value(point, x)
 
-    structured = _structured_estimators(estimator, control_variate, point)
-    estimator_h = estimator if structured is None else structured[0]
+    estimator, f_costs = _fast_costs(estimator, function, who)
+    h: CostFn = plain_h
+    if f_costs is not None:
+        h_costs = _structured_costs_of_h(estimator, control_variate, point)
+        h = with_coordinate_costs(plain_h, h_costs)
+        function = with_coordinate_costs(function, f_costs)
 
     def residual(k: Array, n: int) -> tuple[PyTree, PyTree]:
         jac_f = estimator(function, params, dist_builder, k, num_samples=n)
-        jac_h = estimator_h(h, params, dist_builder, k, num_samples=n)
+        jac_h = estimator(h, params, dist_builder, k, num_samples=n)
         corr = _correction(control_variate, point, params, dist_builder, k, n)
         return jac_f, jax.tree.map(lambda a, b: a - b, jac_h, corr)
 
@@ -352,10 +382,15 @@ def with_control_variate(
     c = coefficient
     if isinstance(c, int | float) and not math.isfinite(c):
         raise ValueError(f"{who}: coefficient must be finite; got {coefficient!r}")
+
     # Every estimator is linear in f: one call on f - c h costs half of two calls.
-    estimator_r = estimator if structured is None else structured[1](c)
-    jac_r = estimator_r(
-        lambda x: function(x) - c * h(x), params, dist_builder, key, num_samples=num_samples
-    )
+    def residual_cost(x: Array) -> Array:
+        return function(x) - c * plain_h(x)
+
+    cost: CostFn = residual_cost
+    if f_costs is not None:
+        fc, hc = f_costs, h_costs  # bound now: the closure must not see later rebinding
+        cost = with_coordinate_costs(residual_cost, lambda x, v: fc(x, v) - c * hc(x, v))
+    jac_r = estimator(cost, params, dist_builder, key, num_samples=num_samples)
     corr = _correction(control_variate, point, params, dist_builder, key, num_samples)
     return jax.tree.map(lambda r, g: r + c * g, jac_r, corr)

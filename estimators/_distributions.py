@@ -6,9 +6,14 @@ simplex or the category axis). ``sample(key, sample_shape)`` returns
 ``[*sample_shape, *event_shape]`` and ``log_prob(x)`` sums over the event, returning
 ``[*sample_shape]``. A cost ``f`` written for one sample therefore sees one whole event.
 
-``reparameterizable`` says whether ``sample`` is differentiable with respect to the parameters
-(explicitly, ``loc + scale * eps``, or through JAX's implicit reparameterisation gradients for
-Gamma, Beta and Dirichlet). Discrete distributions are not.
+What a distribution can do is said by the capability markers it inherits
+(``estimators._capabilities``): :class:`Normal` is ``HasScore``, ``StandardNoise`` (hence
+``Reparameterizable``: ``loc + scale * eps``), ``WeakDerivative`` and ``FactorizedMoments``;
+:class:`Gamma` and :class:`Beta` are ``HasScore``, ``Reparameterizable`` (JAX's implicit
+reparameterisation gradients) and ``FactorizedMoments``; :class:`Dirichlet` is ``HasScore`` and
+``Reparameterizable``; :class:`Bernoulli` and :class:`Categorical` are ``HasScore`` and
+``Discrete``. The class attribute ``reparameterizable`` is derived from the markers
+(``issubclass(cls, Reparameterizable)``).
 
 Invalid parameters. Built from concrete values, a distribution checks its constraints and raises
 a ``ValueError`` naming the parameter (``Normal`` scale > 0, ``Gamma`` concentration and rate > 0,
@@ -46,12 +51,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import ClassVar, dataclass_transform
+from typing import ClassVar, NamedTuple, dataclass_transform
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy import special
+
+from ._capabilities import (
+    Discrete,
+    FactorizedMoments,
+    HasScore,
+    Reparameterizable,
+    StandardNoise,
+    WeakDerivative,
+)
 
 Array = jax.Array
 Shape = Sequence[int]
@@ -182,9 +196,30 @@ def _check_same_shape(dist: str, **params: Array) -> tuple[int, ...]:
 
 
 class Distribution:
-    """Interface shared by the distributions of this module."""
+    """Interface shared by the distributions of this module.
 
-    reparameterizable: ClassVar[bool]
+    A subclass states what it can do by inheriting capability markers (``HasScore``,
+    ``Reparameterizable``, ``StandardNoise``, ``WeakDerivative``, ``FactorizedMoments``,
+    ``Discrete``); estimators check ``isinstance(dist, marker)``. ``reparameterizable`` is
+    derived from them. A subclass written before the markers that sets
+    ``reparameterizable = True`` is registered as ``Reparameterizable`` (so it keeps working
+    with the pathwise estimator); one that sets ``reparameterizable = False`` while inheriting
+    ``Reparameterizable`` is an error.
+    """
+
+    reparameterizable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("reparameterizable")
+        if declared is True and not issubclass(cls, Reparameterizable):
+            Reparameterizable.register(cls)
+        elif declared is False and issubclass(cls, Reparameterizable):
+            raise TypeError(
+                f"{cls.__name__}: reparameterizable = False contradicts its Reparameterizable "
+                "capability marker; drop the attribute (it is derived from the markers)"
+            )
+        cls.reparameterizable = issubclass(cls, Reparameterizable)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -215,8 +250,37 @@ class Distribution:
         )
 
 
+class WeakDerivativeTerm(NamedTuple):
+    r"""The weak derivative of a distribution with respect to one statistic, for one draw.
+
+    For a distribution with independent coordinates and a statistic :math:`\theta` of its event
+    shape whose coordinate :math:`\theta_d` enters only the law :math:`p_d` of :math:`x_d`,
+
+    .. math:: \partial_{\theta_d} p_d(x_d) = c_d\,(p^+_d(x_d) - p^-_d(x_d)),
+              \qquad \partial_{\theta_d} E_p[f(x)] = c_d\,(E[f(x^{+d})] - E[f(x^{-d})]),
+
+    where :math:`x^{\pm d}` is a sample of :math:`p` with coordinate :math:`d` replaced by a draw
+    of :math:`p^\pm_d` (Mohamed et al. 2020, eq. 39). One term of
+    ``WeakDerivative.weak_derivative(key, coupling)``.
+
+    Fields, each ``[*event_shape]``:
+      statistic: :math:`\theta`, differentiable in the distribution's parameters (the
+        measure-valued estimator pulls its gradients back to the parameters through it).
+      inverse_constant: :math:`1 / c_d`; the estimate is
+        :math:`(f(x^{+d}) - f(x^{-d})) / \mathrm{inverse\_constant}_d`.
+      positive: one draw of :math:`p^+_d` for every coordinate :math:`d`.
+      negative: one draw of :math:`p^-_d` for every coordinate :math:`d` (coupled with
+        ``positive`` when the caller asks for coupling).
+    """
+
+    statistic: Array
+    inverse_constant: Array
+    positive: Array
+    negative: Array
+
+
 @_pytree_dataclass
-class Normal(Distribution):
+class Normal(Distribution, HasScore, StandardNoise, WeakDerivative, FactorizedMoments):
     """Diagonal Gaussian N(loc, diag(scale²)). Event shape = ``loc.shape``.
 
     Construct from the log-scale (the convention of the paper's code and of
@@ -225,7 +289,6 @@ class Normal(Distribution):
 
     loc: Array
     scale: Array
-    reparameterizable: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_same_shape("Normal", loc=self.loc, scale=self.scale)
@@ -268,9 +331,60 @@ class Normal(Distribution):
         lp = -0.5 * jnp.square(z) - jnp.log(scale) - 0.5 * math.log(2 * math.pi)
         return self._sum_event(lp)
 
+    def weak_derivative(self, key: Array, coupling: bool = True) -> dict[str, WeakDerivativeTerm]:
+        r"""The weak derivatives with respect to ``loc`` and ``scale``, one draw per coordinate.
+
+        Per coordinate (Mohamed et al. 2020, table 1), with :math:`W \sim
+        \mathrm{Weibull}(\sqrt 2, 2)`, :math:`M` double-sided Maxwell and
+        :math:`\epsilon \sim N(0, 1)`:
+
+        - ``loc``: :math:`c = 1/(\sigma\sqrt{2\pi})`, :math:`p^+ = \mu + \sigma W`,
+          :math:`p^- = \mu - \sigma W'`;
+        - ``scale``: :math:`c = 1/\sigma`, :math:`p^+ = \mu + \sigma M`,
+          :math:`p^- = \mu + \sigma \epsilon`.
+
+        Coupled, the positive and negative parts share their randomness: :math:`W' = W`, and
+        :math:`\epsilon = M U` with :math:`U \sim U(0, 1)` (exactly N(0, 1)); otherwise
+        :math:`W'` and :math:`\epsilon` are independent draws. Two draws of ``[4, size]``
+        from ``key`` (uniforms and normals), transformed exactly: the Weibull by its inverse
+        CDF :math:`\sqrt{-2\log(1 - u)}`, the Maxwell as a random sign times the norm of three
+        standard normals.
+
+        Returns:
+          ``{"loc": WeakDerivativeTerm, "scale": WeakDerivativeTerm}``, fields
+          ``[*event_shape]``.
+        """
+        shape = self.event_shape
+        dim, dtype = math.prod(shape), jnp.result_type(self.loc)
+        loc, scale = jnp.reshape(self.loc, (dim,)), jnp.reshape(self.scale, (dim,))
+        k_uniform, k_normal = jax.random.split(key)
+        u = jax.random.uniform(k_uniform, (4, dim), dtype)
+        z = jax.random.normal(k_normal, (4, dim), dtype)
+        weibull = jnp.sqrt(-2.0 * jnp.log1p(-u[:2]))  # [2, D]
+        w_pos = weibull[0]
+        w_neg = w_pos if coupling else weibull[1]
+        sign = jnp.where(u[2] < 0.5, -1.0, 1.0).astype(dtype)
+        maxwell = sign * jnp.sqrt(jnp.sum(jnp.square(z[:3]), axis=0))
+        eps = maxwell * u[3] if coupling else z[3]
+
+        def event(flat: Array) -> Array:
+            return jnp.reshape(flat, shape)
+
+        return {
+            "loc": WeakDerivativeTerm(
+                self.loc,
+                event(scale * math.sqrt(2 * math.pi)),
+                event(loc + scale * w_pos),
+                event(loc - scale * w_neg),
+            ),
+            "scale": WeakDerivativeTerm(
+                self.scale, event(scale), event(loc + scale * maxwell), event(loc + scale * eps)
+            ),
+        }
+
 
 @_pytree_dataclass
-class Gamma(Distribution):
+class Gamma(Distribution, HasScore, Reparameterizable, FactorizedMoments):
     r"""Gamma(concentration, rate), independent coordinates; implicit reparameterisation.
 
     Samples are at least ``tiny`` (see the module docstring): ``log_prob`` at ``x <= tiny`` is
@@ -280,7 +394,6 @@ class Gamma(Distribution):
 
     concentration: Array
     rate: Array
-    reparameterizable: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_same_shape("Gamma", concentration=self.concentration, rate=self.rate)
@@ -334,7 +447,7 @@ def _upper_cell(x: Array) -> tuple[Array, Array]:
 
 
 @_pytree_dataclass
-class Beta(Distribution):
+class Beta(Distribution, HasScore, Reparameterizable, FactorizedMoments):
     r"""Beta(a, b), independent coordinates; implicit reparameterisation.
 
     Samples lie in ``[tiny, 1 - epsneg]``. At the lower end (see the module docstring)
@@ -368,7 +481,6 @@ class Beta(Distribution):
 
     a: Array
     b: Array
-    reparameterizable: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_same_shape("Beta", a=self.a, b=self.b)
@@ -440,7 +552,7 @@ class Beta(Distribution):
 
 
 @_pytree_dataclass
-class Dirichlet(Distribution):
+class Dirichlet(Distribution, HasScore, Reparameterizable):
     r"""Dirichlet(concentration) over the last axis; implicit reparameterisation.
 
     ``concentration: [*batch, K]``; the event is the whole array (independent simplices).
@@ -453,7 +565,6 @@ class Dirichlet(Distribution):
     """
 
     concentration: Array
-    reparameterizable: ClassVar[bool] = True
 
     def __post_init__(self):
         if jnp.ndim(self.concentration) < 1 or jnp.shape(self.concentration)[-1] < 2:
@@ -501,11 +612,10 @@ class Dirichlet(Distribution):
 
 
 @_pytree_dataclass
-class Bernoulli(Distribution):
+class Bernoulli(Distribution, HasScore, Discrete):
     """Bernoulli(sigmoid(logits)), independent coordinates; samples are float 0/1."""
 
     logits: Array
-    reparameterizable: ClassVar[bool] = False
 
     def __post_init__(self):
         _validate(self, not_nan=("logits",))
@@ -536,14 +646,13 @@ class Bernoulli(Distribution):
 
 
 @_pytree_dataclass
-class Categorical(Distribution):
+class Categorical(Distribution, HasScore, Discrete):
     """Categorical(softmax(logits)) over the last axis; samples are int32 category indices.
 
     ``logits: [*batch, K]``; a sample has shape ``[*batch]`` (``event_shape``).
     """
 
     logits: Array
-    reparameterizable: ClassVar[bool] = False
 
     def __post_init__(self):
         if jnp.ndim(self.logits) < 1:

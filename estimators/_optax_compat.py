@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import Array, check_num_samples, draw
+from ._capabilities import HasScore, Reparameterizable
+from ._common import Array, check_num_samples, draw, ignores_baselines, invariant_to_baselines
 from ._control_variates import delta_method
 from ._distributions import Distribution, Normal, _pytree_dataclass
 from ._measure_valued import check_measure_valued_dist, measure_valued
@@ -170,15 +171,14 @@ def _like(params: Sequence[Array], jac: Sequence[Array]) -> Sequence[Array]:
     return list(jac) if isinstance(params, list) else tuple(jac)
 
 
-class _OptaxStyleDistribution(Distribution):
+class _OptaxStyleDistribution(Distribution, HasScore, Reparameterizable):
     """A distribution written for optax 0.2.6: ``sample(shape, key=key)`` and ``log_prob(x)``.
 
     optax's estimators accept any such object; here it gets this package's interface. Samples
     are drawn one key per sample (``sample((), key=k_i)``), and the pathwise estimator
-    differentiates through ``sample`` as optax's does.
+    differentiates through ``sample`` as optax's does (hence ``HasScore`` and
+    ``Reparameterizable``, as optax assumes of it).
     """
-
-    reparameterizable = True
 
     def __init__(self, dist: Any):
         self._dist = dist
@@ -245,6 +245,7 @@ def score_function_jacobians(
     return _like(params, jac)
 
 
+@invariant_to_baselines
 def pathwise_jacobians(
     function: Callable[[Array], Array],
     params: Sequence[Array],
@@ -266,6 +267,7 @@ def pathwise_jacobians(
     return _like(params, jac)
 
 
+@invariant_to_baselines
 def measure_valued_jacobians(
     function: Callable[[Array], Array],
     params: Sequence[Array],
@@ -462,15 +464,12 @@ def control_variates_jacobians(
     cv_value, cv_expectation, cv_update = cv
     params = list(params)
     check_num_samples(num_samples, "control_variates_jacobians")
-    if getattr(cv, "is_baseline", False) and grad_estimator in (
-        pathwise_jacobians,
-        measure_valued_jacobians,
-    ):
+    if getattr(cv, "is_baseline", False) and ignores_baselines(grad_estimator):
         warnings.warn(
             "control_variates_jacobians: a baseline such as moving_avg_baseline has no effect on "
-            f"{grad_estimator.__name__} (its estimate depends only on derivatives or differences "
-            "of f in x); returning its plain jacobians. Use the baseline with "
-            "score_function_jacobians.",
+            f"{getattr(grad_estimator, '__name__', 'this estimator')} (its estimate depends only "
+            "on derivatives or differences of f in x); returning its plain jacobians. Use the "
+            "baseline with score_function_jacobians.",
             UserWarning,
             stacklevel=2,
         )

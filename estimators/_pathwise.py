@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._capabilities import Reparameterizable
 from ._common import (
     Array,
     CostFn,
@@ -20,19 +21,23 @@ from ._common import (
     PyTree,
     build_and_check,
     draw,
+    invariant_to_baselines,
     sample_from_noise,
     sample_noise,
 )
 
 
 def _require_reparameterizable(dist, who: str) -> None:
-    if not getattr(dist, "reparameterizable", False):
+    if not isinstance(dist, Reparameterizable):
         raise ValueError(
             f"{who}: the pathwise estimator needs a reparameterisable distribution; "
-            f"{type(dist).__name__} is not (use score_function or measure_valued instead)"
+            f"{type(dist).__name__} does not declare the Reparameterizable capability (use "
+            "score_function or measure_valued instead, or, if its sample is differentiable in "
+            "the parameters, inherit estimators.Reparameterizable)"
         )
 
 
+@invariant_to_baselines
 def pathwise(
     function: CostFn,
     params: PyTree,
@@ -46,7 +51,7 @@ def pathwise(
     Args:
       function: cost ``f(x) -> []`` for one sample ``x: [*event_shape]``.
       params: any pytree of float arrays, the distribution's parameters :math:`\theta`.
-      dist_builder: ``params -> Distribution``; must be reparameterisable.
+      dist_builder: ``params -> Distribution``; must be ``Reparameterizable``.
       key: PRNG key; the samples are ``estimators.draw_samples(dist, key, num_samples)``.
       num_samples: number of independent samples (static under jit).
 

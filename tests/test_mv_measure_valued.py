@@ -22,6 +22,7 @@ import pytest
 from scipy import stats
 
 import estimators
+from estimators._common import with_coordinate_costs
 from tests._closed_forms import bonferroni_z, mean_se, variance_se
 
 
@@ -162,15 +163,14 @@ def test_mv_memory_stays_linear_at_d10000():
     assert total < 512 * 2**20, total
 
 
-def test_mv_rejects_non_gaussian_and_bad_coupling():
+def test_mv_rejects_a_distribution_without_weak_derivative_and_bad_coupling():
     gamma = lambda p: estimators.Gamma(p[0], p[1])  # noqa: E731
     params = (jnp.ones(2), jnp.ones(2))
-    with pytest.raises(ValueError, match=r"coupling=True.*Normal.*Gamma"):
-        estimators.measure_valued(square, params, gamma, jax.random.key(0), num_samples=2)
-    with pytest.raises(ValueError, match=r"supports only.*Normal.*Gamma"):
-        estimators.measure_valued(
-            square, params, gamma, jax.random.key(0), num_samples=2, coupling=False
-        )
+    for coupling in (True, False):
+        with pytest.raises(ValueError, match=r"WeakDerivative capability.*returned Gamma"):
+            estimators.measure_valued(
+                square, params, gamma, jax.random.key(0), num_samples=2, coupling=coupling
+            )
     with pytest.raises(TypeError, match="coupling must be a Python bool"):
         estimators.measure_valued(
             square, params, loc_scale_builder, jax.random.key(0), num_samples=2, coupling="yes"
@@ -182,7 +182,9 @@ def test_mv_rejects_non_gaussian_and_bad_coupling():
 
 
 def test_mv_coordinate_costs_hook_equals_plain_cost():
-    """A structured evaluator of f(A x) gives the same jacobians as evaluating f itself."""
+    """A structured evaluator of f(A x) gives the same jacobians as evaluating f itself, given
+    as the coordinate_costs keyword or carried by the cost (with_coordinate_costs): the two
+    forms are the same computation (bitwise equal), and the carried one is really used."""
     a = jax.random.normal(jax.random.key(7), (5, 4))
     f = lambda x: jnp.sum(jnp.sin(a @ x))  # noqa: E731
 
@@ -196,8 +198,32 @@ def test_mv_coordinate_costs_hook_equals_plain_cost():
     hooked = estimators.measure_valued(
         f, params, build, jax.random.key(1), num_samples=32, coordinate_costs=fast
     )
+    calls = []
+
+    def counted(x, values):
+        calls.append(values.shape)  # at trace time: the evaluator the estimator used
+        return fast(x, values)
+
+    carried = estimators.measure_valued(
+        with_coordinate_costs(f, counted),
+        params,
+        build,
+        jax.random.key(1),
+        num_samples=32,
+    )
+    assert calls == [(4, 4)]
     for name in params:
         np.testing.assert_allclose(hooked[name], plain[name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(carried[name], hooked[name])
+    with pytest.raises(ValueError, match="give it one way"):
+        estimators.measure_valued(
+            with_coordinate_costs(f, fast),
+            params,
+            build,
+            jax.random.key(1),
+            num_samples=2,
+            coordinate_costs=fast,
+        )
     with pytest.raises(ValueError, match="coordinate_costs must return"):
         estimators.measure_valued(
             f,
@@ -211,18 +237,28 @@ def test_mv_coordinate_costs_hook_equals_plain_cost():
 
 @pytest.mark.parametrize("coupling", [True, False])
 def test_mv_auxiliary_draws_have_the_right_laws(coupling):
-    """The weak-derivative parts follow their laws (Kolmogorov-Smirnov against scipy, fixed key):
-    Weibull(sqrt 2, 2) for the mean's parts, double-sided Maxwell and N(0, 1) for the scale's;
-    coupled, the mean's parts share W and the Gaussian part is M U."""
-    from estimators._measure_valued import _parts
-
+    """Normal.weak_derivative's parts follow their laws (Kolmogorov-Smirnov against scipy,
+    fixed key): Weibull(sqrt 2, 2) for the mean's parts, double-sided Maxwell and N(0, 1) for
+    the scale's; coupled, the mean's parts share W and the Gaussian part is M U. Its constants
+    are 1 / (sigma sqrt(2 pi)) and 1 / sigma, and its statistics loc and scale."""
     n = 20_000
     keys = jax.random.split(jax.random.key(11), n)
-    parts = np.asarray(
-        jax.vmap(lambda k: _parts(k, jnp.zeros(1), jnp.ones(1), coupling))(keys)[:, :, 0],
-        np.float64,
+    unit = estimators.Normal(jnp.zeros(1), jnp.ones(1))
+    terms = jax.vmap(lambda k: unit.weak_derivative(k, coupling))(keys)
+    assert list(terms) == ["loc", "scale"]
+    parts = np.stack(
+        [np.asarray(terms[s][i][:, 0], np.float64) for s in ("loc", "scale") for i in (2, 3)], 1
     )
     w_pos, w_neg, maxwell, eps = parts[:, 0], -parts[:, 1], parts[:, 2], parts[:, 3]
+    shifted = estimators.Normal(jnp.full((2, 1), 0.5), jnp.full((2, 1), 2.0))
+    for name, statistic, inverse_constant in (
+        ("loc", 0.5, 2.0 * math.sqrt(2 * math.pi)),
+        ("scale", 2.0, 2.0),
+    ):
+        term = shifted.weak_derivative(jax.random.key(0), coupling)[name]
+        assert all(jnp.shape(v) == (2, 1) for v in term)
+        np.testing.assert_allclose(term.statistic, statistic)
+        np.testing.assert_allclose(term.inverse_constant, inverse_constant, rtol=1e-6)
     laws = [
         (w_pos, stats.weibull_min(2.0, scale=math.sqrt(2.0)).cdf),
         (w_neg, stats.weibull_min(2.0, scale=math.sqrt(2.0)).cdf),
