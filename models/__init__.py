@@ -3,6 +3,8 @@
 from . import logistic_regression as logistic_regression
 from ._vae import MLP as MLP
 from ._vae import VAE as VAE
+from ._vae import GaussianLatent as GaussianLatent
+from ._vae import LatentFamily as LatentFamily
 from ._vae import bernoulli_log_likelihood as bernoulli_log_likelihood
 from ._vae import elbo as elbo
 from ._vae import iwae_bound as iwae_bound

@@ -1,15 +1,20 @@
-r"""A VAE in Flax NNX: MLP encoder to a diagonal Gaussian, MLP decoder to Bernoulli logits.
+r"""A VAE in Flax NNX: MLP encoder to a latent family's parameters, MLP decoder to Bernoulli logits.
 
-Generative model :math:`p(z) = N(0, I)`, :math:`p(x|z) = \prod_d \mathrm{Bernoulli}(x_d;
-\sigma(\mathrm{dec}(z)_d))`; recognition model :math:`q(z|x) = N(\mu(x), \mathrm{diag}\,
-\sigma(x)^2)` with :math:`(\mu, \log\sigma) = \mathrm{enc}(x)`. Everything below is written for
-ONE example ``x: [data_dim]`` (vmap it over a batch); no training loop lives here.
+Generative model :math:`p(z)` (the latent family's prior), :math:`p(x|z) = \prod_d
+\mathrm{Bernoulli}(x_d; \sigma(\mathrm{dec}(z)_d))`; recognition model :math:`q(z|x)`, the
+family's distribution with parameters :math:`\mathrm{enc}(x)`. The family is a parameter of
+:class:`VAE` (a :class:`LatentFamily`); the default, :class:`GaussianLatent`, is
+:math:`p(z) = N(0, I)`, :math:`q(z|x) = N(\mu(x), \mathrm{diag}\,\sigma(x)^2)` with
+:math:`(\mu, \log\sigma) = \mathrm{enc}(x)`. Everything below is written for ONE example
+``x: [data_dim]`` (vmap it over a batch); no training loop lives here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +39,79 @@ def _activation(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
+class LatentFamily(Protocol):
+    r"""The latent variable's family: the encoder's head, :math:`q(z|x)`, :math:`p(z)`, the KL.
+
+    ``z`` has shape ``[..., L]`` (``L = latent_dim``, what the decoder reads). An implementation
+    is a frozen dataclass (hashable: it is static data of the :class:`VAE` module) with:
+
+    - ``param_shapes(L)``: ``{name: shape}`` of the parameters of :math:`q(z|x)` per example,
+      in the order the encoder's head emits them (its width is the sum of their sizes);
+    - ``posterior(params)``: :math:`q(z|x)` as an ``estimators`` distribution, from
+      ``{name: [..., *shape]}`` (the ``dist_builder`` the estimators are given); its
+      ``log_prob`` sums over the event ``[L]``;
+    - ``prior(L)``: :math:`p(z)`, an ``estimators`` distribution with event ``[L]``;
+      ``prior_log_prob(z)``: :math:`\log p(z)`, ``[..., L] -> [...]``;
+    - ``kl(params)``: :math:`KL(q(z|x) \| p(z))` in closed form, ``[...]``: the VAE adds it to
+      the Monte Carlo reconstruction term outside the gradient estimator;
+    - ``manifold_grid(n)``: ``[n]`` latent values per axis for the 2-D manifold figure, or
+      ``None`` where such a grid means nothing.
+
+    A Bernoulli latent (issue 13) is one more such class: ``param_shapes = {"logits": (L,)}``,
+    ``posterior = estimators.Bernoulli`` of the logits (a ``Discrete`` distribution: estimators
+    that need ``Reparameterizable`` refuse it, so it trains with the score function and its
+    baselines, or discrete estimators), ``prior`` Bernoulli(1/2)^L with
+    ``prior_log_prob(z) = -L log 2``, ``kl(params) = sum_l [q_l log 2q_l + (1 - q_l)
+    log 2(1 - q_l)]`` with ``q = sigmoid(logits)``, and ``manifold_grid`` ``None``. Nothing in
+    :class:`VAE` or the functions below changes.
+    """
+
+    def param_shapes(self, latent_dim: int) -> Mapping[str, tuple[int, ...]]: ...
+
+    def posterior(self, params: Mapping[str, Array]) -> estimators.Distribution: ...
+
+    def prior(self, latent_dim: int) -> estimators.Distribution: ...
+
+    def prior_log_prob(self, z: Array) -> Array: ...
+
+    def kl(self, params: Mapping[str, Array]) -> Array: ...
+
+    def manifold_grid(self, num: int) -> Array | None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianLatent:
+    r"""Diagonal Gaussian latent: :math:`q(z|x) = N(\mu, \mathrm{diag}\,\sigma^2)`,
+    :math:`p(z) = N(0, I)`; the encoder emits ``{"loc": [..., L], "log_scale": [..., L]}``.
+
+    The default :class:`LatentFamily` of :class:`VAE` (Kingma & Welling 2014).
+    """
+
+    def param_shapes(self, latent_dim: int) -> dict[str, tuple[int, ...]]:
+        r"""``{"loc": (L,), "log_scale": (L,)}``: :math:`\mu` and :math:`\log\sigma`."""
+        return {"loc": (latent_dim,), "log_scale": (latent_dim,)}
+
+    def posterior(self, params: Mapping[str, Array]) -> estimators.Normal:
+        r""":math:`N(\mu, \sigma^2)` with loc and scale ``[..., L]``."""
+        return estimators.Normal.from_log_scale(params["loc"], params["log_scale"])
+
+    def prior(self, latent_dim: int) -> estimators.Normal:
+        """:math:`N(0, I_L)`."""
+        return estimators.Normal(jnp.zeros(latent_dim), jnp.ones(latent_dim))
+
+    def prior_log_prob(self, z: Array) -> Array:
+        """``log N(z; 0, I)``: ``[..., L] -> [...]``."""
+        return standard_normal_log_prob(z)
+
+    def kl(self, params: Mapping[str, Array]) -> Array:
+        """:func:`kl_standard_normal`: ``[...]``."""
+        return kl_standard_normal(params)
+
+    def manifold_grid(self, num: int) -> Array:
+        """``[num]`` standard normal quantiles from 5 % to 95 %."""
+        return jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, num))
+
+
 class MLP(nnx.Module):
     """``sizes[0] -> sizes[1] -> ... -> sizes[-1]``; the activation between layers, not after."""
 
@@ -56,13 +134,17 @@ class MLP(nnx.Module):
 
 
 class VAE(nnx.Module):
-    """Encoder ``data_dim -> hidden... -> 2 * latent_dim``, decoder ``latent -> hidden[::-1]...``.
+    """Encoder ``data_dim -> hidden... -> head``, decoder ``latent_dim -> hidden[::-1]... -> D``.
+
+    The head's width is the total size of ``latent.param_shapes(latent_dim)`` (``2 L`` for the
+    Gaussian).
 
     Args:
       data_dim: number of binary pixels ``D``.
       hidden: sizes of the deterministic hidden layers of the encoder (the decoder mirrors them).
       latent_dim: ``L``.
       activation: one of :data:`ACTIVATIONS`.
+      latent: the :class:`LatentFamily` of ``z``; ``None`` is :class:`GaussianLatent`.
       rngs: ``nnx.Rngs`` for the initialisation.
     """
 
@@ -72,24 +154,36 @@ class VAE(nnx.Module):
         hidden: Sequence[int],
         latent_dim: int,
         activation: str = "relu",
+        latent: LatentFamily | None = None,
         *,
         rngs: nnx.Rngs,
     ):
         hidden = tuple(hidden)
         self.data_dim, self.latent_dim = data_dim, latent_dim
-        self.encoder = MLP((data_dim, *hidden, 2 * latent_dim), activation, rngs=rngs)
+        self.latent = GaussianLatent() if latent is None else latent
+        shapes = dict(self.latent.param_shapes(latent_dim))
+        if not shapes or any(min(s, default=1) < 1 for s in shapes.values()):
+            raise ValueError(f"latent family {self.latent!r}: bad param_shapes {shapes}")
+        self._param_shapes = tuple(shapes.items())
+        head = sum(math.prod(s) for s in shapes.values())
+        self.encoder = MLP((data_dim, *hidden, head), activation, rngs=rngs)
         self.decoder = MLP((latent_dim, *hidden[::-1], data_dim), activation, rngs=rngs)
 
-    def encode(self, x: Array) -> estimators.Normal:
-        """``q(z|x)`` for ``x: [..., D]``: a Normal with loc and scale ``[..., L]``."""
-        out = self.encoder(x)
-        loc, log_scale = out[..., : self.latent_dim], out[..., self.latent_dim :]
-        return estimators.Normal.from_log_scale(loc, log_scale)
+    def encode(self, x: Array) -> estimators.Distribution:
+        """``q(z|x)`` for ``x: [..., D]``: the latent family's distribution, event ``[..., L]``."""
+        return self.latent.posterior(self.encoder_params(x))
 
     def encoder_params(self, x: Array) -> dict[str, Array]:
-        """``{"loc": [..., L], "log_scale": [..., L]}``: the parameters of ``q(z|x)``."""
+        """The parameters of ``q(z|x)``, ``{name: [..., *shape]}`` of the family's
+        ``param_shapes`` (Gaussian: ``{"loc": [..., L], "log_scale": [..., L]}``): the
+        encoder's head cut in their order."""
         out = self.encoder(x)
-        return {"loc": out[..., : self.latent_dim], "log_scale": out[..., self.latent_dim :]}
+        params, start = {}, 0
+        for name, shape in self._param_shapes:
+            size = math.prod(shape)
+            params[name] = out[..., start : start + size].reshape(*out.shape[:-1], *shape)
+            start += size
+        return params
 
     def decode(self, z: Array) -> Array:
         """Bernoulli logits ``[..., D]`` of ``p(x|z)`` for ``z: [..., L]``."""
@@ -97,8 +191,9 @@ class VAE(nnx.Module):
 
 
 def posterior(params: dict[str, Array]) -> estimators.Normal:
-    """``q(z|x)`` from :meth:`VAE.encoder_params` (the ``dist_builder`` of the estimators)."""
-    return estimators.Normal.from_log_scale(params["loc"], params["log_scale"])
+    """The Gaussian ``q(z|x)`` from :meth:`VAE.encoder_params` of a VAE with the default
+    :class:`GaussianLatent` (for any family: ``model.latent.posterior``)."""
+    return GaussianLatent().posterior(params)
 
 
 def bernoulli_log_likelihood(logits: Array, x: Array) -> Array:
@@ -122,24 +217,25 @@ def log_weight(model: VAE, x: Array, params: dict[str, Array], z: Array) -> Arra
     """``log p(x, z) - log q(z|x)`` for ``x: [D]``, ``z: [L]``: ``[]``."""
     return (
         bernoulli_log_likelihood(model.decode(z), x)
-        + standard_normal_log_prob(z)
-        - posterior(params).log_prob(z)
+        + model.latent.prior_log_prob(z)
+        - model.latent.posterior(params).log_prob(z)
     )
 
 
-def _draw(q: estimators.Normal, key: Array, n: int) -> Array:
+def _draw(q: estimators.Distribution, key: Array, n: int) -> Array:
     """``[n, L]`` samples, the ones the estimators draw with this key."""
     return estimators.draw_samples(q, key, n)
 
 
 def elbo(model: VAE, x: Array, key: Array) -> Array:
-    r"""Single-sample ELBO with analytic KL, :math:`\log p(x|z) - KL(q(z|x)\|p(z))`, ``z ~ q``.
+    r"""Single-sample ELBO :math:`\log p(x|z) - KL(q(z|x)\|p(z))`, ``z ~ q``, with the latent
+    family's closed-form KL.
 
     ``x: [D]`` -> ``[]``; an unbiased estimate of the ELBO of ``x``.
     """
     params = model.encoder_params(x)
-    z = posterior(params).sample(key)
-    return bernoulli_log_likelihood(model.decode(z), x) - kl_standard_normal(params)
+    z = model.latent.posterior(params).sample(key)
+    return bernoulli_log_likelihood(model.decode(z), x) - model.latent.kl(params)
 
 
 def iwae_bound(model: VAE, x: Array, key: Array, *, num_samples: int) -> Array:
@@ -149,7 +245,7 @@ def iwae_bound(model: VAE, x: Array, key: Array, *, num_samples: int) -> Array:
     increases with ``K = num_samples`` towards :math:`\log p(x)`.
     """
     params = model.encoder_params(x)
-    zs = _draw(posterior(params), key, num_samples)
+    zs = _draw(model.latent.posterior(params), key, num_samples)
     logw = jax.vmap(lambda z: log_weight(model, x, params, z))(zs)
     return jax.nn.logsumexp(logw) - math.log(num_samples)
 
@@ -169,7 +265,7 @@ def log_likelihood(
             f"chunk_size={chunk_size}"
         )
     params = model.encoder_params(x)
-    q = posterior(params)
+    q = model.latent.posterior(params)
 
     def chunk(k: Array) -> Array:
         zs = _draw(q, k, chunk_size)

@@ -165,7 +165,7 @@ def test_overwrite_sets_aside_then_removes_or_puts_back(tmp_path, monkeypatch, c
             experiments.run_experiment(_digits("seed=1"), workdir, overwrite=True)
     (aside,) = (p for p in tmp_path.iterdir() if ".replaced-" in p.name)
     assert f"the previous run is kept in {aside}" in capsys.readouterr().err
-    assert _tree(aside) == before and vae._manager(workdir).latest_step() == 4
+    assert _tree(aside) == before and vae.checkpoint.latest_step(workdir) == 4
 
     # Success: the copy this run set aside (the interrupted seed-1 run) is removed; the
     # earlier one, kept by the failure above, stays.
@@ -198,7 +198,7 @@ def test_resume_names_changed_keys_and_may_train_longer(tmp_path):
     assert results["epochs"] == 3 and results["steps"] == 3 * 4
     rows = (workdir / "metrics.jsonl").read_text().splitlines()
     assert rows[:2] == first and json.loads(rows[2])["step"] == 12
-    assert vae._manager(workdir).latest_step() == 12
+    assert vae.checkpoint.latest_step(workdir) == 12
     assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
 
 
@@ -328,7 +328,7 @@ def test_sigterm_saves_the_checkpoint_and_names_the_resume_command(tmp_path):
     rc, err, _ = _terminate_mid_run(tmp_path, ("experiments.vae.train", "epoch_keys", 4), argv)
     assert rc == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM; the last checkpoint is kept in" in err
-    assert vae._manager(workdir).latest_step() == 2 * 4
+    assert vae.checkpoint.latest_step(workdir) == 2 * 4
     command = err.strip().splitlines()[-1].strip()
     assert command == shlex.join(["python", "-m", "experiments", *argv, "--resume"])
     assert _cli.main(shlex.split(command)[3:]) == 0  # the named command finishes the run

@@ -6,6 +6,7 @@ where many coordinates share one test.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -79,14 +80,68 @@ def test_bad_activation():
         models.VAE(D, (H,), L, "sigmoidal", rngs=nnx.Rngs(0))
 
 
+@dataclasses.dataclass(frozen=True)
+class _UnitScaleLatent:
+    """A test family: q(z|x) = N(mu(x), I), p(z) = N(0, I); the head emits mu only."""
+
+    def param_shapes(self, latent_dim):
+        return {"loc": (latent_dim,)}
+
+    def posterior(self, params):
+        return estimators.Normal(params["loc"], jnp.ones_like(params["loc"]))
+
+    def prior(self, latent_dim):
+        return estimators.Normal(jnp.zeros(latent_dim), jnp.ones(latent_dim))
+
+    def prior_log_prob(self, z):
+        return models.standard_normal_log_prob(z)
+
+    def kl(self, params):
+        return 0.5 * jnp.sum(jnp.square(params["loc"]), axis=-1)
+
+    def manifold_grid(self, num):
+        return None
+
+
+def test_latent_family_is_a_parameter_of_the_model(key):
+    """The default head is the Gaussian's [loc | log_scale] cut of the encoder's output; another
+    family sets the head's width, and q, log w and the ELBO follow it (computed here by hand)."""
+    model, x = _model(), _x()
+    assert isinstance(model.latent, models.GaussianLatent)
+    out, enc = model.encoder(x), model.encoder_params(x)
+    np.testing.assert_array_equal(enc["loc"], out[:L])
+    np.testing.assert_array_equal(enc["log_scale"], out[L:])
+
+    unit = models.VAE(D, (H,), L, "tanh", latent=_UnitScaleLatent(), rngs=nnx.Rngs(0))
+    assert unit.encoder.layers[-1].kernel.shape == (H, L)
+    mu = unit.encoder_params(x)["loc"]
+    z = jnp.array([0.3, -1.2])
+    log_px = models.bernoulli_log_likelihood(unit.decode(z), x)
+    by_hand = log_px + 0.5 * jnp.sum(jnp.square(z - mu) - jnp.square(z))  # log p(z) - log q(z)
+    np.testing.assert_allclose(models.log_weight(unit, x, {"loc": mu}, z), by_hand, rtol=1e-5)
+    z_key = mu + jax.random.normal(key, (L,))  # the draw of q = N(mu, I) with this key
+    elbo = models.bernoulli_log_likelihood(unit.decode(z_key), x) - 0.5 * jnp.sum(mu**2)
+    np.testing.assert_allclose(models.elbo(unit, x, key), elbo, rtol=1e-5)
+
+    class NoParams(_UnitScaleLatent):
+        def param_shapes(self, latent_dim):
+            return {}
+
+    with pytest.raises(ValueError, match="bad param_shapes"):
+        models.VAE(D, (H,), L, latent=NoParams(), rngs=nnx.Rngs(0))
+
+
 def test_analytic_kl_matches_monte_carlo():
-    """KL(q || N(0, I)) = E_q[log q(z) - log p(z)], 200 000 samples, within z SE (one check)."""
+    """The Gaussian family's KL(q || N(0, I)) = E_q[log q(z) - log p(z)], 200 000 samples,
+    within z SE (one check); its prior's log density is the standard normal's."""
     params = {"loc": jnp.array([0.7, -1.2, 0.1]), "log_scale": jnp.array([-0.5, 0.3, 0.0])}
-    q = models.posterior(params)
+    family = models.GaussianLatent()
+    q = family.posterior(params)
     z = jax.vmap(q.sample)(jax.random.split(jax.random.key(1), 200_000))
-    diff = np.asarray(jax.vmap(q.log_prob)(z) - models.standard_normal_log_prob(z), np.float64)
+    diff = np.asarray(jax.vmap(q.log_prob)(z) - family.prior_log_prob(z), np.float64)
     mc, se = diff.mean(), diff.std(ddof=1) / math.sqrt(len(diff))
-    exact = float(models.kl_standard_normal(params))
+    exact = float(family.kl(params))
+    np.testing.assert_allclose(family.prior(3).log_prob(z[:5]), family.prior_log_prob(z[:5]))
     # Independent closed form, coordinate by coordinate.
     s2 = np.exp(2 * np.asarray(params["log_scale"], np.float64))
     by_hand = 0.5 * np.sum(np.asarray(params["loc"]) ** 2 + s2 - 1 - np.log(s2))

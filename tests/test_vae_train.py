@@ -62,10 +62,11 @@ def _config(name: str, *extra: str):
     return config
 
 
-def _final_leaves(workdir: Path) -> list[np.ndarray]:
-    manager = vae._manager(workdir)
+def _final_entries(workdir: Path) -> dict[str, np.ndarray]:
+    """The newest checkpoint's entries, by name, as saved."""
+    manager = vae.checkpoint.manager(workdir)
     tree = manager.restore(manager.latest_step())
-    return [np.asarray(tree["leaves"][k]) for k in sorted(tree["leaves"])]
+    return {name: np.asarray(v) for name, v in tree["state"].items()}
 
 
 def test_digits_training_lowers_the_loss_and_writes_everything(tmp_path):
@@ -107,11 +108,12 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, estimato
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "resumed")
     monkeypatch.setattr(vae_train, "epoch_keys", real)
-    assert vae._manager(tmp_path / "resumed").latest_step() == 2 * 6
+    assert vae.checkpoint.latest_step(tmp_path / "resumed") == 2 * 6
     run_experiment(config, tmp_path / "resumed", resume=True)
 
-    a, b = _final_leaves(tmp_path / "straight"), _final_leaves(tmp_path / "resumed")
-    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    a, b = _final_entries(tmp_path / "straight"), _final_entries(tmp_path / "resumed")
+    assert "bparams/layers/0/kernel/value" in a  # NVIL's network is saved too
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     ra = json.loads((tmp_path / "straight" / "results.json").read_text())
     rb = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert ra["test_elbo"] == rb["test_elbo"] and ra["steps"] == rb["steps"] == 4 * 6
@@ -156,7 +158,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_p
         vae_train.TrainingDiverged, match=r"score_function.* step 10 \(epoch 2\).*" + cause
     ):
         run_experiment(config, tmp_path / "run")
-    assert vae._manager(tmp_path / "run").latest_step() == 6  # the end of epoch 1, kept
+    assert vae.checkpoint.latest_step(tmp_path / "run") == 6  # the end of epoch 1, kept
 
 
 def test_bad_values_are_refused_before_anything_is_written(tmp_path):
@@ -394,11 +396,90 @@ def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
     assert by_epoch[1][0]["key_data"] != by_epoch[2][0]["key_data"]
     # The last checkpoint's hash is that of the pathwise run's own final parameters.
     _, state = _tiny_setup("pathwise")
-    restored, _ = vae._restore(vae._manager(tmp_path / "cmp" / "pathwise"), state)
-    assert vae_compare._sha256(restored["params"]) == by_epoch[2][0]["params_sha256"]
+    restored = vae.checkpoint.restore(vae.checkpoint.manager(tmp_path / "cmp" / "pathwise"), state)
+    assert vae_compare._sha256(restored.state["params"]) == by_epoch[2][0]["params_sha256"]
     table = (tmp_path / "cmp" / "table.md").read_text()
     assert "| score_function_nvil | 1 | diverged in epoch 1 | — | — |" in table
     assert (tmp_path / "cmp" / "grad_variance.png").exists()
     # --resume reuses everything: finished, diverged and the protocol.
     again = run_experiment(config, tmp_path / "cmp", resume=True)
     assert again["grad_variance"] == protocol and again["runs"][1]["diverged"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: the state saved by name
+
+
+def _saved(tmp_path: Path, state, epoch: int = 4):
+    manager = vae.checkpoint.manager(tmp_path / "run")
+    vae.checkpoint.save(manager, state, epoch)
+    return manager
+
+
+def _same(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=True)
+    )
+
+
+def test_checkpoint_round_trip_by_name(tmp_path):
+    """Every entry of an NVIL run's state (NNX params, Adam's state, the moving average, the
+    baseline network and its Adam state, the step) comes back under its name, bit for bit,
+    into a template of other values; the names are the key paths."""
+    _, state = _tiny_setup("score_function_nvil")
+    trained = jax.tree.map(lambda v: v + 1, state)  # every entry differs from the template
+    manager = _saved(tmp_path, trained, epoch=3)
+    names = set(vae.checkpoint.flatten(state))
+    assert {"step", "ma/value", "opt/0/count", "params/encoder/layers/0/kernel/value"} <= names
+    assert "bparams/layers/1/bias/value" in names
+    restored = vae.checkpoint.restore(manager, state)
+    assert restored.epoch == 3 and restored.missing == ()
+    assert _same(restored.state, trained) and not _same(restored.state, state)
+    assert vae.checkpoint.restore(vae.checkpoint.manager(tmp_path / "empty"), state) is None
+
+
+def test_checkpoint_without_a_new_entry_restores_the_rest_and_names_it(tmp_path):
+    """A checkpoint written before a state entry existed: the old entries come back as saved,
+    the new one takes the template's (initial) value, and ``missing`` names it."""
+    _, state = _tiny_setup("score_function_moving_average")
+    trained = jax.tree.map(lambda v: v + 1, state)
+    manager = _saved(tmp_path, trained)
+    grown = dict(state, extra={"w": jnp.full((3,), 7.0)})
+    restored = vae.checkpoint.restore(manager, grown)
+    assert restored.missing == ("extra/w",)
+    np.testing.assert_array_equal(restored.state["extra"]["w"], np.full(3, 7.0))
+    rest = {k: v for k, v in restored.state.items() if k != "extra"}
+    assert _same(rest, trained)
+
+
+def test_checkpoint_with_renamed_or_reshaped_entries_is_a_clear_error(tmp_path):
+    _, state = _tiny_setup("score_function_moving_average")
+    manager = _saved(tmp_path, state)
+    renamed = {("ema" if k == "ma" else k): v for k, v in state.items()}
+    with pytest.raises(vae.checkpoint.CheckpointMismatch, match="'ma/value' is in the checkpoint"):
+        vae.checkpoint.restore(manager, renamed)
+    config = _config("vae_digits", "hidden=(17,)", "latent_dim=2")
+    _, wider = vae.train.init_state(config, 64, jax.random.key(0))
+    match = r"'params/encoder/layers/0/kernel/value' has shape \(64, 16\).*\(64, 17\) and float32"
+    with pytest.raises(vae.checkpoint.CheckpointMismatch, match=match):
+        vae.checkpoint.restore(manager, wider)
+
+
+def test_checkpoint_of_the_old_positional_format_is_still_read(tmp_path):
+    """Checkpoints written before the state was saved by name (leaves by position) restore
+    into the same state; into another state they are a clear error."""
+    import orbax.checkpoint as ocp
+
+    _, state = _tiny_setup("score_function_moving_average")
+    trained = jax.tree.map(lambda v: v + 1, state)
+    leaves = {f"{i:04d}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(trained))}
+    manager = vae.checkpoint.manager(tmp_path / "old")
+    tree = {"leaves": leaves, "epoch": np.asarray(2, np.int64)}
+    manager.save(int(trained["step"]), args=ocp.args.StandardSave(tree))
+    manager.wait_until_finished()
+    restored = vae.checkpoint.restore(manager, state)
+    assert restored.epoch == 2 and restored.missing == () and _same(restored.state, trained)
+    _, nvil = _tiny_setup("score_function_nvil")
+    with pytest.raises(vae.checkpoint.CheckpointMismatch, match="by position"):
+        vae.checkpoint.restore(manager, nvil)

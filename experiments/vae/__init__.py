@@ -5,18 +5,26 @@ intervals the per-sample variance of the encoder's gradient estimate at this run
 with its jackknife SE, time), ``results.json`` (test ELBO, importance-sampled test
 log-likelihood, wall time, examples/s), ``figures_data.npz``
 (samples, reconstructions, the latent manifold), the figures (PNG + PDF), and orbax checkpoints
-in ``checkpoints/``. ``RESUMABLE``: ``--resume`` continues from the last checkpoint and ends
-with the same parameters, bit for bit, as an uninterrupted run (every random draw of epoch
-``e`` comes from a key that depends only on ``(seed, e)``).
+in ``checkpoints/`` (by name: :mod:`experiments.vae.checkpoint`). ``RESUMABLE``: ``--resume``
+continues from the last checkpoint and ends with the same parameters, bit for bit, as an
+uninterrupted run (every random draw of epoch ``e`` comes from a key that depends only on
+``(seed, e)``).
+
+The pieces, each a screen long: :func:`run` loads the data (:func:`load_data`), builds the
+model (:func:`init_run`), restores (:func:`_start`), compiles (:func:`_prepare`), trains
+(:func:`_train`; one epoch's metrics in :func:`_epoch_row`) and evaluates (:func:`_evaluate`,
+:func:`_finish`). :mod:`experiments.vae.compare` uses the public ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +35,7 @@ import numpy as np
 
 from .._diagnostics import NAN_CAUSES
 from .._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
-from . import data, plots, train
+from . import checkpoint, data, plots, train
 from .config import ESTIMATORS
 from .train import MULTI_SAMPLE, TrainingDiverged
 
@@ -35,6 +43,7 @@ RESUMABLE = True
 RESUME_MAY_RAISE = ("num_epochs",)  # --resume may train a finished run for longer
 _binarize = jax.jit(data.binarize)
 _TEST_BINARIZATION_SEED = 0  # every run, whatever its seed, is evaluated on the same test bits
+PyTree = Any
 
 
 def _positive_int(config, key: str, minimum: int = 1) -> None:
@@ -94,11 +103,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Data
+# Data and the model
 
 
-def _load(config) -> tuple[data.Dataset, np.ndarray, np.ndarray]:
-    """The data set, the training images (binary if static) and the binary test images."""
+def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, np.ndarray, np.ndarray]:
+    """The data set, the training images ``[N, D]`` (binary if static, else grey levels in
+    [0, 1]) and the binary test images ``[M, D]``, cut to ``train_examples``/``test_examples``."""
     ds = data.load_dataset(
         config.dataset,
         config.data_dir or None,
@@ -128,64 +138,44 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
     the verified files are cached in memory, so :func:`run` does not read them twice.
     """
     validate(config)
-    _load(config)
+    load_data(config)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints (orbax): the training state's leaves, flattened, plus the last finished epoch.
+def grad_variance_batch(config: ml_collections.ConfigDict, train_np: np.ndarray) -> jax.Array:
+    """The binary batch ``[grad_var_batch_size, D]`` every gradient variance of this seed is
+    measured on: the first training images, binarised with the seed's key (tag 3). The run's
+    own-parameters curve and :mod:`experiments.vae.compare`'s protocol share it."""
+    key = jax.random.fold_in(jax.random.key(config.seed), 3)
+    return _binarize(key, jnp.asarray(train_np[: config.grad_var_batch_size]))
 
 
-def _manager(workdir: Path):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        (workdir / "checkpoints").resolve(),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=2, create=True, enable_async_checkpointing=False
-        ),
+def init_run(
+    config: ml_collections.ConfigDict, data_dim: int, num_batches: int
+) -> tuple[train.Setup, PyTree]:
+    """The ``Setup`` and the initial training state of ``config`` (the seed's key, tag 0):
+    the state every run of this config starts from, and the one a resume is matched against."""
+    pieces, state = train.init_state(
+        config, data_dim, jax.random.fold_in(jax.random.key(config.seed), 0)
     )
-
-
-def _to_tree(state, epoch: int) -> dict[str, Any]:
-    leaves = jax.tree.leaves(state)
-    return {
-        "leaves": {f"{i:04d}": np.asarray(v) for i, v in enumerate(leaves)},
-        "epoch": np.asarray(epoch, np.int64),
-    }
-
-
-def _save(manager, state, epoch: int) -> None:
-    import orbax.checkpoint as ocp
-
-    step = int(state["step"])
-    if manager.latest_step() == step:
-        return
-    manager.save(step, args=ocp.args.StandardSave(_to_tree(state, epoch)))
-    manager.wait_until_finished()
-
-
-def _restore(manager, template) -> tuple[Any, int] | None:
-    """The latest checkpoint as (state, last finished epoch), or ``None`` if there is none."""
-    import orbax.checkpoint as ocp
-
-    step = manager.latest_step()
-    if step is None:
-        return None
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), _to_tree(template, 0)
+    setup = train.Setup(
+        estimator=config.estimator,
+        num_samples=config.num_samples if config.estimator in MULTI_SAMPLE else 1,
+        batch_size=config.batch_size,
+        num_batches=num_batches,
+        dynamic=config.binarization == "dynamic",
+        ma_decay=config.ma_decay,
+        **pieces,
     )
-    tree = manager.restore(step, args=ocp.args.StandardRestore(target))
-    treedef = jax.tree.structure(template)
-    leaves = [jnp.asarray(tree["leaves"][f"{i:04d}"]) for i in range(treedef.num_leaves)]
-    return jax.tree.unflatten(treedef, leaves), int(tree["epoch"])
+    return setup, state
 
 
 # ----------------------------------------------------------------------------------------------
 # Metrics
 
 
-def _read_metrics(workdir: Path) -> list[dict[str, Any]]:
-    path = workdir / "metrics.jsonl"
+def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    """The rows of ``<workdir>/metrics.jsonl``, one per finished epoch (``[]`` if none)."""
+    path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -204,62 +194,101 @@ def _mean_se(values: np.ndarray) -> tuple[float, float]:
 # The run
 
 
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+    """What the training loop and the evaluation need besides the state; built once a run."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    setup: train.Setup
+    manager: Any  # the orbax CheckpointManager of workdir
+    base: jax.Array  # the seed's key; fold_in tags 4-8 are the loop's and the evaluation's
+    train_x: jax.Array  # [N, D] training images on the device
+    test: jax.Array  # [M, D] binary test images
+    var_batch: jax.Array  # [grad_var_batch_size, D], see grad_variance_batch
+    train_epoch: Callable[..., tuple[PyTree, jax.Array]]  # compiled
+    grad_variance: Callable[..., dict[str, jax.Array]]
+    test_elbo: Callable[..., jax.Array]
+
+
 def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) -> dict:
     """Train, checkpoint, evaluate and plot; returns the contents of ``results.json``."""
     validate(config)
     workdir = Path(workdir)
-    ds, train_np, test_np = _load(config)
-    data_dim = train_np.shape[1]
-    base = jax.random.key(config.seed)
-    pieces, state = train.init_state(config, data_dim, jax.random.fold_in(base, 0))
-    num_batches = len(train_np) // config.batch_size
-    setup = train.Setup(
-        estimator=config.estimator,
-        num_samples=config.num_samples if config.estimator in MULTI_SAMPLE else 1,
-        batch_size=config.batch_size,
-        num_batches=num_batches,
-        dynamic=config.binarization == "dynamic",
-        ma_decay=config.ma_decay,
-        **pieces,
-    )
-    manager = _manager(workdir)
-    start_epoch, rows = 0, []
-    if resume:
-        restored = _restore(manager, state)
-        if restored is not None:
-            state, last_epoch = restored
-            start_epoch = last_epoch + 1
-            rows = [r for r in _read_metrics(workdir) if r["epoch"] <= last_epoch + 1]
-            print(
-                f"resuming after epoch {last_epoch + 1} (step {int(state['step'])})",
-                file=sys.stderr,
-            )
-    elif manager.latest_step() is not None:
-        raise WorkdirError(
-            f"{workdir / 'checkpoints'} holds checkpoints of another run; pass resume=True "
-            "(--resume) to continue it, or use an empty workdir"
-        )
+    _, train_np, test_np = load_data(config)
+    setup, state = init_run(config, train_np.shape[1], len(train_np) // config.batch_size)
+    manager = checkpoint.manager(workdir)
+    state, start_epoch, rows = _start(config, workdir, manager, state, resume)
+    loop, compile_time = _prepare(config, workdir, setup, manager, state, train_np, test_np)
+    state, stopped_by_budget = _train(loop, state, start_epoch, rows)
+    results = _finish(loop, state, rows, compile_time, _evaluate(loop, state["params"]))
+    results["stopped_by_time_budget"] = stopped_by_budget
+    write_json(workdir / "results.json", results)
+    return results
 
-    train_x = jnp.asarray(train_np)
-    test = jnp.asarray(test_np)
-    var_batch = jnp.asarray(
-        np.asarray(
-            _binarize(
-                jax.random.fold_in(base, 3), jnp.asarray(train_np[: config.grad_var_batch_size])
+
+def _start(
+    config: ml_collections.ConfigDict, workdir: Path, manager, state: PyTree, resume: bool
+) -> tuple[PyTree, int, list[dict[str, Any]]]:
+    """The state, the first epoch to train (0-based) and the metrics rows to continue from:
+    the newest checkpoint's when resuming one, else the initial state's."""
+    if not resume:
+        if manager.latest_step() is not None:
+            raise WorkdirError(
+                f"{workdir / 'checkpoints'} holds checkpoints of another run; pass resume=True "
+                "(--resume) to continue it, or use an empty workdir"
             )
+        return state, 0, []
+    restored = checkpoint.restore(manager, state)
+    if restored is None:
+        return state, 0, []
+    if restored.missing:
+        print(
+            f"the checkpoint predates these state entries, which start from their initial "
+            f"value: {', '.join(restored.missing)}",
+            file=sys.stderr,
         )
-    )
+    last_epoch = restored.epoch
+    rows = [r for r in read_metrics(workdir) if r["epoch"] <= last_epoch + 1]
+    step = int(restored.state["step"])
+    print(f"resuming after epoch {last_epoch + 1} (step {step})", file=sys.stderr)
+    return restored.state, last_epoch + 1, rows
+
+
+def _prepare(config, workdir, setup, manager, state, train_np, test_np) -> tuple[_Loop, float]:
+    """The loop's arrays and compiled functions, and the training epoch's compile time (s)."""
+    train_x = jnp.asarray(train_np)
     t0 = time.perf_counter()
     train_epoch = (
         train.make_train_epoch(setup).lower(state, train_x, train.epoch_keys(0, 0)).compile()
     )
     compile_time = time.perf_counter() - t0
-    grad_variance = train.make_grad_variance(setup, config.grad_var_num_estimates)
-    test_elbo_fn = train.make_test_elbo(setup.graphdef)
+    loop = _Loop(
+        config=config,
+        workdir=workdir,
+        setup=setup,
+        manager=manager,
+        base=jax.random.key(config.seed),
+        train_x=train_x,
+        test=jnp.asarray(test_np),
+        var_batch=grad_variance_batch(config, train_np),
+        train_epoch=train_epoch,
+        grad_variance=train.make_grad_variance(setup, config.grad_var_num_estimates),
+        test_elbo=train.make_test_elbo(setup.graphdef),
+    )
+    return loop, compile_time
 
+
+def _train(
+    loop: _Loop, state: PyTree, start_epoch: int, rows: list[dict[str, Any]]
+) -> tuple[PyTree, bool]:
+    """Epochs ``start_epoch .. num_epochs - 1``: appends each epoch's row to ``rows`` (and
+    ``metrics.jsonl``), checkpoints every ``checkpoint_every_steps`` and on the way out
+    (normal end, time budget, interrupt or divergence: the last good state). Returns the final
+    state and whether the time budget stopped training early."""
     from tqdm import tqdm
 
-    saved_step = int(state["step"])
+    config = loop.config
     bar = tqdm(
         range(start_epoch, config.num_epochs),
         initial=start_epoch,
@@ -269,121 +298,141 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
         file=sys.stderr,
         mininterval=1.0,
     )
+    every = config.checkpoint_every_steps
+    saved_step = int(state["step"])
     good_state, good_epoch = state, start_epoch - 1
-    loop_start = time.perf_counter()
-    stopped_by_budget = False
-    last_elbo = ""
+    loop_start, last_elbo = time.perf_counter(), ""
     try:
         for epoch in bar:
             t = time.perf_counter()
-            new_state, losses = train_epoch(state, train_x, train.epoch_keys(config.seed, epoch))
+            keys = train.epoch_keys(config.seed, epoch)
+            new_state, losses = loop.train_epoch(state, loop.train_x, keys)
             losses = np.asarray(losses)
             seconds = time.perf_counter() - t
-            if not np.all(np.isfinite(losses)):
-                bad = int(np.argmin(np.isfinite(losses)))
-                kept = (
-                    f"the last good checkpoint (end of epoch {epoch}) is kept in "
-                    f"{workdir / 'checkpoints'}"
-                    if good_epoch >= 0
-                    else "no epoch finished, so no checkpoint was written"
-                )
-                raise TrainingDiverged(
-                    f"estimator {config.estimator}: training loss is {losses[bad]} at step "
-                    f"{int(state['step']) + bad + 1} (epoch {epoch + 1}); run stopped, {kept}. "
-                    f"A NaN or inf loss means {NAN_CAUSES}"
-                )
-            state = new_state
-            good_state, good_epoch = state, epoch
-            row = {
-                "epoch": epoch + 1,
-                "step": int(state["step"]),
-                "train_loss": float(losses.mean()),
-                "epoch_time_s": seconds,
-                "examples_per_s": num_batches * config.batch_size / seconds,
-            }
-            if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
-                row["test_elbo"] = float(
-                    jnp.mean(test_elbo_fn(state["params"], test, jax.random.fold_in(base, 4)))
-                )
-            if (
-                epoch == 0
-                or (epoch + 1) % config.grad_var_every_epochs == 0
-                or epoch + 1 == config.num_epochs
-            ):
-                # At this run's OWN parameters and baseline state: a curve along its training,
-                # not comparable across estimators (vae.compare's protocol compares them).
-                gv = train.variance_summary(
-                    grad_variance(
-                        state, var_batch, jax.random.fold_in(jax.random.fold_in(base, 5), epoch)
-                    )["sq_dev"],
-                    setup.num_samples,
-                )
-                row["own_params_grad_var_per_sample"] = gv["per_sample_variance"]
-                row["own_params_grad_var_per_sample_se"] = gv["per_sample_variance_se"]
-                row["own_params_grad_var_num_estimates"] = gv["num_estimates"]
+            _check_finite(loop, losses, int(state["step"]), epoch, good_epoch)
+            state = good_state = new_state
+            good_epoch = epoch
+            row = _epoch_row(loop, state, epoch, losses, seconds)
             row["loop_time_s"] = time.perf_counter() - t
             rows.append(row)
-            _write_metrics(workdir, rows)
-            if "test_elbo" in row:
-                last_elbo = f"{row['test_elbo']:.2f}"
+            _write_metrics(loop.workdir, rows)
+            last_elbo = f"{row['test_elbo']:.2f}" if "test_elbo" in row else last_elbo
             bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_elbo=last_elbo, refresh=False)
-            if (
-                int(state["step"]) // config.checkpoint_every_steps
-                > saved_step // config.checkpoint_every_steps
-            ):
-                _save(manager, state, epoch)
+            if int(state["step"]) // every > saved_step // every:
+                checkpoint.save(loop.manager, state, epoch)
                 saved_step = int(state["step"])
-            budget = config.train_time_budget_s
-            if (
-                budget
-                and time.perf_counter() - loop_start >= budget
-                and epoch + 1 < config.num_epochs
-            ):
-                stopped_by_budget = True
-                print(
-                    f"time budget of {budget} s reached after epoch {epoch + 1}; training stops",
-                    file=sys.stderr,
-                )
-                break
+            if _out_of_time(config, loop_start, epoch):
+                return state, True
     finally:
         bar.close()
-        if (
-            good_epoch >= 0
-        ):  # checkpoint on exit (normal, interrupt or divergence): the last good state
-            _save(manager, good_state, good_epoch)
+        if good_epoch >= 0:
+            checkpoint.save(loop.manager, good_state, good_epoch)
+    return state, False
 
-    results = _evaluate_and_finish(
-        config, workdir, setup, state, test, rows, compile_time, base, test_elbo_fn
+
+def _check_finite(loop: _Loop, losses: np.ndarray, step: int, epoch: int, good_epoch: int):
+    """Raise ``TrainingDiverged`` naming the first non-finite loss of epoch ``epoch``."""
+    if np.all(np.isfinite(losses)):
+        return
+    bad = int(np.argmin(np.isfinite(losses)))
+    kept = (
+        f"the last good checkpoint (end of epoch {epoch}) is kept in {loop.workdir / 'checkpoints'}"
+        if good_epoch >= 0
+        else "no epoch finished, so no checkpoint was written"
     )
-    results["stopped_by_time_budget"] = stopped_by_budget
-    write_json(workdir / "results.json", results)
-    return results
+    raise TrainingDiverged(
+        f"estimator {loop.config.estimator}: training loss is {losses[bad]} at step "
+        f"{step + bad + 1} (epoch {epoch + 1}); run stopped, {kept}. "
+        f"A NaN or inf loss means {NAN_CAUSES}"
+    )
 
 
-def _evaluate_and_finish(
-    config, workdir, setup, state, test, rows, compile_time, base, test_elbo_fn
-) -> dict:
-    params = state["params"]
+def _epoch_row(
+    loop: _Loop, state: PyTree, epoch: int, losses: np.ndarray, seconds: float
+) -> dict[str, Any]:
+    """The metrics row of epoch ``epoch`` (0-based) just trained: the loss and speed, the test
+    ELBO every ``eval_every_epochs``, the own-parameters gradient variance after the first epoch,
+    every ``grad_var_every_epochs`` and after the last."""
+    config, base = loop.config, loop.base
+    row = {
+        "epoch": epoch + 1,
+        "step": int(state["step"]),
+        "train_loss": float(losses.mean()),
+        "epoch_time_s": seconds,
+        "examples_per_s": loop.setup.num_batches * config.batch_size / seconds,
+    }
+    last = epoch + 1 == config.num_epochs
+    if (epoch + 1) % config.eval_every_epochs == 0 or last:
+        elbos = loop.test_elbo(state["params"], loop.test, jax.random.fold_in(base, 4))
+        row["test_elbo"] = float(jnp.mean(elbos))
+    if epoch == 0 or (epoch + 1) % config.grad_var_every_epochs == 0 or last:
+        # At this run's OWN parameters and baseline state: a curve along its training, not
+        # comparable across estimators (vae.compare's protocol compares them).
+        key = jax.random.fold_in(jax.random.fold_in(base, 5), epoch)
+        sq_dev = loop.grad_variance(state, loop.var_batch, key)["sq_dev"]
+        gv = train.variance_summary(sq_dev, loop.setup.num_samples)
+        row["own_params_grad_var_per_sample"] = gv["per_sample_variance"]
+        row["own_params_grad_var_per_sample_se"] = gv["per_sample_variance_se"]
+        row["own_params_grad_var_num_estimates"] = gv["num_estimates"]
+    return row
+
+
+def _out_of_time(config: ml_collections.ConfigDict, loop_start: float, epoch: int) -> bool:
+    """Whether ``train_time_budget_s`` (if set) has run out before the last epoch (says so)."""
+    budget = config.train_time_budget_s
+    if not budget or time.perf_counter() - loop_start < budget or epoch + 1 >= config.num_epochs:
+        return False
+    print(
+        f"time budget of {budget} s reached after epoch {epoch + 1}; training stops",
+        file=sys.stderr,
+    )
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    elbo: np.ndarray  # [M] single-sample test ELBOs
+    ll: np.ndarray  # [ll_test_examples] importance-sampled log p(x)
+    seconds: float
+
+
+def _evaluate(loop: _Loop, params: PyTree) -> _Evaluation:
+    """The final test ELBOs and importance-sampled log-likelihoods (fold_in tags 6 and 7)."""
+    config = loop.config
     t = time.perf_counter()
-    ll_test = test[: config.ll_test_examples] if config.ll_test_examples else test
+    ll_test = loop.test[: config.ll_test_examples] if config.ll_test_examples else loop.test
     log_likelihood = train.make_log_likelihood(
-        setup.graphdef, ll_num_samples=config.ll_num_samples, ll_chunk_size=config.ll_chunk_size
+        loop.setup.graphdef,
+        ll_num_samples=config.ll_num_samples,
+        ll_chunk_size=config.ll_chunk_size,
     )
-    elbo = np.asarray(test_elbo_fn(params, test, jax.random.fold_in(base, 6)))
-    ll = np.asarray(log_likelihood(params, ll_test, jax.random.fold_in(base, 7)))
-    eval_time = time.perf_counter() - t
+    elbo = np.asarray(loop.test_elbo(params, loop.test, jax.random.fold_in(loop.base, 6)))
+    ll = np.asarray(log_likelihood(params, ll_test, jax.random.fold_in(loop.base, 7)))
+    seconds = time.perf_counter() - t
     if not (np.all(np.isfinite(elbo)) and np.all(np.isfinite(ll))):
         raise TrainingDiverged(
             f"estimator {config.estimator}: non-finite test ELBO or log-likelihood: {NAN_CAUSES}"
         )
-    elbo_mean, elbo_se = _mean_se(elbo)
-    ll_mean, ll_se = _mean_se(ll)
+    return _Evaluation(elbo=elbo, ll=ll, seconds=seconds)
+
+
+def _finish(
+    loop: _Loop, state: PyTree, rows: list[dict[str, Any]], compile_time: float, ev: _Evaluation
+) -> dict[str, Any]:
+    """Write ``results.json`` and the figures' data, draw the figures; returns the results."""
+    config, test = loop.config, loop.test
+    elbo_mean, elbo_se = _mean_se(ev.elbo)
+    ll_mean, ll_se = _mean_se(ev.ll)
     results = {
         "estimator": config.estimator,
         "dataset": config.dataset,
         "binarization": config.binarization,
         "architecture": f"{setup_arch(config, test.shape[1])}",
-        "num_samples": setup.num_samples,
+        "num_samples": loop.setup.num_samples,
         "epochs": len(rows),
         "steps": int(state["step"]),
         "final_train_loss": rows[-1]["train_loss"] if rows else None,
@@ -393,20 +442,20 @@ def _evaluate_and_finish(
         "test_log_likelihood": ll_mean,
         "test_log_likelihood_se": ll_se,
         "ll_num_samples": config.ll_num_samples,
-        "ll_test_examples": int(ll_test.shape[0]),
+        "ll_test_examples": int(ev.ll.shape[0]),
         "train_wall_time_s": float(sum(r["epoch_time_s"] for r in rows)),
         "train_loop_time_s": float(sum(r.get("loop_time_s", r["epoch_time_s"]) for r in rows)),
         "examples_per_s": float(np.median([r["examples_per_s"] for r in rows])) if rows else None,
         "compile_time_s": compile_time,
-        "eval_time_s": eval_time,
+        "eval_time_s": ev.seconds,
     }
-    write_json(workdir / "results.json", results)
-    _save_figure_data(config, workdir, setup, params, test, base)
+    write_json(loop.workdir / "results.json", results)
+    _save_figure_data(config, loop.workdir, loop.setup, state["params"], test, loop.base)
     if config.get("figures", True):  # runs made before the key existed drew figures
-        plot(workdir)
+        plot(loop.workdir)
     print(
         f"{config.estimator}: test ELBO {elbo_mean:.2f} ± {elbo_se:.2f}, test log-likelihood "
-        f"(k={config.ll_num_samples}, {ll_test.shape[0]} examples) {ll_mean:.2f} ± {ll_se:.2f}",
+        f"(k={config.ll_num_samples}, {ev.ll.shape[0]} examples) {ll_mean:.2f} ± {ll_se:.2f}",
         file=sys.stderr,
     )
     return results
@@ -433,4 +482,4 @@ def plot(workdir: Path) -> list[Path]:
     """Redraw the run's figures from ``metrics.jsonl``, ``results.json``, ``figures_data.npz``."""
     workdir = Path(workdir)
     config = read_json(workdir / "config.json")
-    return plots.plot_run(workdir, config, _read_metrics(workdir))
+    return plots.plot_run(workdir, config, read_metrics(workdir))

@@ -49,7 +49,7 @@ import numpy as np
 from .. import vae
 from .._config import config_from_dict, config_to_dict
 from .._workdir import atomic_write_text, read_json, write_json
-from . import plots, train
+from . import checkpoint, plots, train
 from .config import ESTIMATORS
 from .train import MULTI_SAMPLE, OTHER_OBJECTIVE, STATEFUL, TrainingDiverged
 
@@ -145,7 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
 
 
 def _diverged_row(config, sub: Path, message: str) -> dict[str, Any]:
-    rows = vae._read_metrics(sub)
+    rows = vae.read_metrics(sub)
     return {
         "estimator": config.estimator,
         "diverged": True,
@@ -169,21 +169,8 @@ def _sha256(tree: Any) -> str:
 
 
 def _setup(config, name: str, data_dim: int, num_batches: int):
-    """The ``Setup`` and initial state of estimator ``name`` (same init key as ``vae.run``)."""
-    cfg = sub_config(config, name)
-    pieces, state = train.init_state(
-        cfg, data_dim, jax.random.fold_in(jax.random.key(config.seed), 0)
-    )
-    setup = train.Setup(
-        estimator=name,
-        num_samples=cfg.num_samples if name in MULTI_SAMPLE else 1,
-        batch_size=cfg.batch_size,
-        num_batches=num_batches,
-        dynamic=cfg.binarization == "dynamic",
-        ma_decay=cfg.ma_decay,
-        **pieces,
-    )
-    return setup, state
+    """The ``Setup`` and initial state of estimator ``name`` (those ``vae.run`` starts from)."""
+    return vae.init_run(sub_config(config, name), data_dim, num_batches)
 
 
 def _reference_states(config, setup, state, train_x, epochs: list[int]) -> dict[int, Any]:
@@ -207,12 +194,12 @@ def _replay_matches_run(sub: Path, state, last_epoch: int) -> bool | None:
     leaf (``None``: no finished reference run in the workdir to compare with)."""
     if not (sub / "results.json").exists() or not (sub / "checkpoints").exists():
         return None
-    restored = vae._restore(vae._manager(sub), state)
-    if restored is None or restored[1] != last_epoch - 1:
+    restored = checkpoint.restore(checkpoint.manager(sub), state)
+    if restored is None or restored.epoch != last_epoch - 1 or restored.missing:
         return None
     return all(
         np.array_equal(np.asarray(a), np.asarray(b))
-        for a, b in zip(jax.tree.leaves(restored[0]), jax.tree.leaves(state), strict=True)
+        for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state), strict=True)
     )
 
 
@@ -223,14 +210,12 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
     epochs = checkpoint_epochs(config)
     ref = config.grad_var_reference
     ref_cfg = sub_config(config, ref)
-    _, train_np, _ = vae._load(ref_cfg)
+    _, train_np, _ = vae.load_data(ref_cfg)
     data_dim = train_np.shape[1]
     num_batches = len(train_np) // config.batch_size
     base = jax.random.key(config.seed)
     train_x = jnp.asarray(train_np)
-    batch = vae._binarize(
-        jax.random.fold_in(base, 3), jnp.asarray(train_np[: config.grad_var_batch_size])
-    )  # the batch vae.run measures on, too
+    batch = vae.grad_variance_batch(ref_cfg, train_np)  # the batch vae.run measures on, too
     batch_hash = _sha256(batch)
     num_estimates = int(config.grad_var_num_estimates)
     steps = int(config.grad_var_warmup_steps)

@@ -113,23 +113,22 @@ def _example_loss(
     gradient is the chosen estimator's. ``baseline: []`` is used by the baselined estimators.
     """
     enc = model.encoder_params(x)
+    q = model.latent.posterior
 
     def cost(z: Array) -> Array:
         return -models.bernoulli_log_likelihood(model.decode(z), x)
 
     if estimator == "pathwise":
-        s = estimators.pathwise_surrogate(cost, enc, models.posterior, key, num_samples=1)
+        s = estimators.pathwise_surrogate(cost, enc, q, key, num_samples=1)
     elif estimator == "score_function":
-        s = estimators.score_function_surrogate(cost, enc, models.posterior, key, num_samples=1)
+        s = estimators.score_function_surrogate(cost, enc, q, key, num_samples=1)
     elif estimator in ("score_function_moving_average", "score_function_nvil"):
-        s = estimators.score_function_surrogate(
-            cost, enc, models.posterior, key, num_samples=1, baseline=baseline
-        )
+        s = estimators.score_function_surrogate(cost, enc, q, key, num_samples=1, baseline=baseline)
     elif estimator == "score_function_loo":
         s = estimators.score_function_surrogate(
             cost,
             enc,
-            models.posterior,
+            q,
             key,
             num_samples=num_samples,
             baseline=estimators.leave_one_out_baseline,
@@ -140,15 +139,14 @@ def _example_loss(
             logw = jax.vmap(lambda z: models.log_weight(model, x, enc, z))(zs)
             return -(jax.nn.logsumexp(logw) - math.log(num_samples))
 
-        def q_k(p: dict[str, Array]) -> estimators.Normal:
-            shape = (num_samples, *p["loc"].shape)
-            return models.posterior({k: jnp.broadcast_to(v, shape) for k, v in p.items()})
+        def q_k(p: dict[str, Array]) -> estimators.Distribution:
+            return q({k: jnp.broadcast_to(v, (num_samples, *v.shape)) for k, v in p.items()})
 
         s = estimators.pathwise_surrogate(neg_bound, enc, q_k, key, num_samples=1)
         return s, jax.lax.stop_gradient(s)
     else:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-    return s + models.kl_standard_normal(enc), jax.lax.stop_gradient(s)
+    return s + model.latent.kl(enc), jax.lax.stop_gradient(s)
 
 
 def _baseline_values(setup: Setup, state: PyTree, xs: Array) -> Array:
@@ -405,14 +403,14 @@ def make_figure_data(graphdef, *, latent_dim: int, num_originals: int = 16):
     """Jitted ``(params, test [N, D], key) -> dict`` of decoder means for the figures.
 
     ``samples [64, D]`` from the prior, ``reconstructions [num_originals, D]`` of the first test
-    images, and for ``latent_dim == 2`` the ``manifold [225, D]`` over a 15 x 15 grid of normal
-    quantiles (5 % to 95 %).
+    images, and for ``latent_dim == 2`` the ``manifold [225, D]`` over a 15 x 15 grid of the latent
+    family's ``manifold_grid`` (Gaussian: normal quantiles, 5 % to 95 %; none if it has none).
     """
 
     def figure_data(params, test, key):
         model = nnx.merge(graphdef, params)
         k_prior, k_rec = jax.random.split(key)
-        z = jax.random.normal(k_prior, (64, latent_dim))
+        z = model.latent.prior(latent_dim).sample(k_prior, (64,))
         originals = test[:num_originals]
         q = model.encode(originals)
         out = {
@@ -420,8 +418,8 @@ def make_figure_data(graphdef, *, latent_dim: int, num_originals: int = 16):
             "originals": originals,
             "reconstructions": jax.nn.sigmoid(model.decode(q.sample(k_rec))),
         }
-        if latent_dim == 2:
-            grid = jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, 15))
+        grid = model.latent.manifold_grid(15)
+        if latent_dim == 2 and grid is not None:
             zz = jnp.stack(jnp.meshgrid(grid, grid[::-1]), -1).reshape(-1, 2)
             out["manifold"] = jax.nn.sigmoid(model.decode(zz))
         return out
