@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import estimators
 import experiments
 from experiments import _cli, variance
 from experiments.variance import exact as quadrature
@@ -29,6 +30,15 @@ from experiments.variance.costs import COSTS, Rows, term
 from experiments.variance.problems.bernoulli import PROBLEM as BERNOULLI
 from experiments.variance.problems.gaussian import PROBLEM as GAUSSIAN
 
+# A user's own estimator, outside the registry, found by its importable path: the pathwise
+# estimator under another name (so its exact variance is pathwise's, which the runner does not
+# know under this name).
+MY_PATHWISE = estimators.gradient_estimator(
+    "my_pathwise",
+    estimators.pathwise,
+    requires=(estimators.Reparameterizable,),
+    label="my pathwise",
+)
 ALPHA = 1e-4  # family-wise false-alarm probability of one statistical test
 NODES = 512
 
@@ -61,9 +71,9 @@ def _exact(est, param, cost, k, *, dim=1.0, loc=1.0, scale=1.0, num_nodes=NODES)
 #   uncoupled d/dsigma: Var (1+M)^2 + Var (1+eps)^2 = 18 + 6 = 24.
 CLOSED_FORMS = {
     "score_function": (30.0, 136.0),
-    "score_function_optimal_baseline": (14.0, 64.0),
+    "score_function+optimal": (14.0, 64.0),
     "pathwise": (4.0, 12.0),
-    "measure_valued_coupled": (4 * (4 - math.pi) / math.pi, 8.0),
+    "measure_valued": (4 * (4 - math.pi) / math.pi, 8.0),
     "measure_valued_uncoupled": (12 / math.pi - 2, 24.0),
 }
 
@@ -96,8 +106,7 @@ def test_exact_closed_forms_in_d_dimensions():
     # Var = E M^2 E (1 - U)^2 = 1.
     for d in dims:
         got = [
-            _exact("measure_valued_coupled", p, "linear", 0.0, dim=d, loc=10.0)[0]
-            for p in ("loc", "scale")
+            _exact("measure_valued", p, "linear", 0.0, dim=d, loc=10.0)[0] for p in ("loc", "scale")
         ]
         np.testing.assert_allclose(got, [(4 - math.pi) / math.pi, 1.0], rtol=1e-12)
 
@@ -201,7 +210,7 @@ def test_bernoulli_exact_values_match_enumeration_of_every_outcome(cost):
     for logit, dim, kk in ((0.0, 1, 0.3), (-1.3, 3, 2.0), (2.2, 4, -0.7)):
         values = {"logit": logit}
         rows = _rows(cost, [kk], dim=dim)
-        for est, optimal in (("score_function", False), ("score_function_optimal_baseline", True)):
+        for est, optimal in (("score_function", False), ("score_function+optimal", True)):
             grad, grad_tol, var = _enumerate_bernoulli(cost, kk, logit, dim, optimal=optimal)
             got = BERNOULLI.exact_variance(est, "logits", rows, values, NODES)[0]
             assert got == pytest.approx(var, rel=1e-12, abs=1e-12), (cost, logit, dim, est)
@@ -355,7 +364,7 @@ def _check_points(points, num_samples, problem="gaussian"):
     for i, r in enumerate(points):
         curve = [q["exact_variance"] for q in points if q["cost"] == r["cost"]]
         allowance[i] = 1e-10 * max(curve)
-        if r["estimator"] == "score_function_optimal_baseline":
+        if r["estimator"] == "score_function+optimal":
             noise = _baseline_noise(r["parameter"], r["cost"], [r["x"]], num_samples, problem)
             allowance[i] += noise[0]
     z = stats.norm.isf(ALPHA / (2 * 2 * len(points)))  # variance and gradient checks
@@ -379,7 +388,7 @@ def _check_points(points, num_samples, problem="gaussian"):
         assert rejected[detectable].mean() > 0.5
 
 
-def _bernoulli_config(estimators=("score_function", "score_function_optimal_baseline")):
+def _bernoulli_config(estimators=("score_function", "score_function+optimal")):
     """fig2's settings on the Bernoulli problem: logit 0.4, f = (x - k)^2 on 7 k's."""
     config = _small("fig2")
     with config.unlocked():
@@ -400,6 +409,58 @@ def test_bernoulli_problem_runs_and_its_points_match_enumeration(tmp_path):
     assert {c["estimator"] for c in results["exact"]} == set(config.estimators)
     assert len(results["points"]) == 2 * 7
     _check_points(results["points"], NUM_SAMPLES, "bernoulli")
+
+
+def test_an_estimator_given_by_importable_path_runs_through_the_runner(tmp_path):
+    """``config.estimators`` takes ``"module:attribute"``: Monte Carlo points, no exact curve
+    (the problem does not know it), its label in the legend; its points match the exact
+    pathwise variance and the exact gradient (it is the pathwise estimator)."""
+    config = _small("fig7")
+    path = f"{__name__}:MY_PATHWISE"
+    experiments.apply_overrides(config, [f"estimators=('pathwise', '{path}')"])
+    config.parameters = ("loc", "scale")
+    results = experiments.run_experiment(config, tmp_path / "mine")
+    assert results["estimators"] == {"pathwise": "pathwise", path: "my pathwise"}
+    assert {c["estimator"] for c in results["exact"]} == {"pathwise"}
+    mine = [r for r in results["points"] if r["estimator"] == path]
+    assert len(mine) == len(results["points"]) // 2 == 2 * 2 * 7
+    assert all(r["exact_variance"] is None for r in mine)
+    exact = {
+        (r["cost"], r["parameter"], r["x"]): r["exact_variance"]
+        for r in results["points"]
+        if r["estimator"] == "pathwise"
+    }
+    for r in mine:
+        r["exact_variance"] = exact[r["cost"], r["parameter"], r["x"]]
+    _check_points(mine, NUM_SAMPLES)
+    # Its own random stream: not a copy of the registry's pathwise points.
+    theirs = [r for r in results["points"] if r["estimator"] == "pathwise"]
+    assert [r["mc_variance"] for r in mine] != [r["mc_variance"] for r in theirs]
+    assert (tmp_path / "mine" / "fig7.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("estimators=('pathwise', 'reinforce')", "'reinforce', which the registry cannot build"),
+        ("estimators=('iwae',)", "objective is 'log_mean_exp'"),
+        ("estimators=('pathwise+loo',)", "the baseline 'loo' changes only estimators"),
+        ("estimators=('no_module_here:est',)", "cannot import module"),
+        ("estimators=('pathwise', 'pathwise')", "distinct"),
+    ],
+)
+def test_unusable_estimators_are_named(override, message):
+    config = experiments.load_config("fig2")
+    experiments.apply_overrides(config, [override])
+    with pytest.raises(ValueError, match=r"config\.estimators") as error:
+        variance.validate(config)
+    assert message in str(error.value)
+
+
+def test_an_estimator_the_problem_does_not_support_is_named():
+    config = _bernoulli_config(("score_function", "pathwise"))
+    with pytest.raises(ValueError, match=r"config\.estimators has 'pathwise'.*bernoulli problem"):
+        variance.validate(config)
 
 
 def test_plot_redraws_from_saved_results_alone(tmp_path, monkeypatch):

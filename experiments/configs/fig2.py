@@ -11,9 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.estimators = (
         "score_function",
-        "score_function_optimal_baseline",
+        "score_function+optimal",
         "pathwise",
-        "measure_valued_coupled",
+        "measure_valued",
     )
     config.parameters = ("loc", "scale")
     config.costs = ("quadratic",)

@@ -9,9 +9,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = base_config("fig3", r"Figure 3: single-sample variance, $x \sim N(\mu, \sigma^2)$")
     config.estimators = (
         "score_function",
-        "score_function_optimal_baseline",
+        "score_function+optimal",
         "pathwise",
-        "measure_valued_coupled",
+        "measure_valued",
     )
     config.parameters = ("loc", "scale")
     config.costs = ("exp_quadratic", "cosine")

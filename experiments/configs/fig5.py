@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
         r"$x \sim N(10 \cdot 1, \sigma^2 I_D)$",
     )
     config.loc = 10.0
-    config.estimators = ("measure_valued_coupled",)
+    config.estimators = ("measure_valued",)
     config.parameters = ("loc", "scale")
     config.costs = ("linear", "quartic")
     # The estimator makes 4 D evaluations of this O(D) cost per sample: at D = 100 that is

@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
         r"Figure 6: measure-valued estimator of $\partial/\partial\sigma$ with and without "
         "Maxwell–Gaussian coupling",
     )
-    config.estimators = ("measure_valued_coupled", "measure_valued_uncoupled")
+    config.estimators = ("measure_valued", "measure_valued_uncoupled")
     config.parameters = ("scale",)
     config.costs = ("quadratic", "exp_quadratic")
     config.grid = grids(*config.costs)

@@ -9,9 +9,12 @@ Gaussian) made by several estimators, computed two ways:
 
 - exact, from the problem (numerical integration in float64 for the Gaussian,
   ``experiments.variance.exact``), drawn as lines, for the estimators whose variance it knows;
-- Monte Carlo, from this project's own estimator functions with ``num_samples`` samples per
-  point (``monte_carlo``: one jitted computation per estimator over the whole grid), drawn as
-  points with +-2 standard-error bars.
+- Monte Carlo, with ``num_samples`` samples per point, from any estimator of
+  ``estimators.registry`` that supports the problem's distribution: ``config.estimators`` holds
+  registry specs (``"score_function+optimal"``, ``"measure_valued"``) or importable paths
+  ``"package.module:attribute"`` of a user's own estimator (``monte_carlo``: one jitted
+  computation per estimator over the whole grid), drawn as points with +-2 standard-error bars.
+  Legends use each estimator's ``label``.
 
 For ``D > 1`` the exact value is the variance for one coordinate (all coordinates are alike);
 the Monte Carlo value is the per-coordinate sample variance averaged over the ``D``
@@ -41,13 +44,6 @@ from . import exact as quadrature
 from . import monte_carlo, problems
 from .costs import K_TERMS, Rows, active_terms
 
-ESTIMATOR_LABELS = {
-    "score_function": "score function",
-    "score_function_optimal_baseline": "score function, optimal baseline",
-    "pathwise": "pathwise",
-    "measure_valued_coupled": "measure-valued, coupled",
-    "measure_valued_uncoupled": "measure-valued, uncoupled",
-}
 # Axis labels of results written before problems named their parameters (redrawing old runs).
 _GAUSSIAN_LABELS = {"loc": r"$\mu$", "scale": r"$\sigma$"}
 _KEYS = {
@@ -112,8 +108,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("seed", f"must be an int; got {config.seed!r}")
     if not isinstance(config.num_nodes, int) or config.num_nodes < quadrature.PANEL_ORDER:
         _fail("num_nodes", f"must be an int >= {quadrature.PANEL_ORDER}")
+    _validate_estimators(config, problem)
     for key, known in (
-        ("estimators", ESTIMATOR_LABELS),
         ("parameters", problem.parameters),
         ("costs", problem.costs),
     ):
@@ -143,6 +139,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _fail(f"grid.{cost}", f"needs start < stop; got {g.start}, {g.stop}")
         if g.log and g.start <= 0:
             _fail(f"grid.{cost}.start", f"must be > 0 for a log grid; got {g.start}")
+
+
+def _validate_estimators(config: ml_collections.ConfigDict, problem: problems.Problem) -> None:
+    """Each spec resolves in the registry, estimates ``grad E[f]`` and supports the problem."""
+    specs = config.estimators
+    if (
+        not specs
+        or any(not isinstance(s, str) or not s.strip() for s in specs)
+        or len(set(specs)) < len(specs)
+    ):
+        _fail("estimators", f"must be distinct estimator specs; got {list(specs)}")
+    params = problem.params({k: float(v) for k, v in _values(config, problem).items()}, 1)
+    dist = problem.dist_builder(params)
+    for spec in specs:
+        try:
+            est = monte_carlo.estimator(spec)
+        except (ValueError, TypeError) as e:
+            _fail("estimators", f"has {spec!r}, which the registry cannot build: {e}")
+        if est.objective != "mean":
+            _fail(
+                "estimators",
+                f"has {spec!r}, whose objective is {est.objective!r}; the variance runner "
+                "compares estimates of grad E[f] (objective 'mean')",
+            )
+        try:
+            est.check(dist, config.num_samples)
+        except ValueError as e:
+            _fail(
+                "estimators", f"has {spec!r}, which cannot run on the {problem.name} problem: {e}"
+            )
 
 
 def _axes_values(config: ml_collections.ConfigDict, cost: str) -> tuple[np.ndarray, np.ndarray]:
@@ -201,11 +227,16 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
     by_dim = "dims" in config
     problem = _problem(config)
     # Each estimator (and D) has its own stream, whatever else the config computes.
-    key = jax.random.fold_in(jax.random.key(config.seed), monte_carlo.ESTIMATORS.index(estimator))
+    key = jax.random.fold_in(jax.random.key(config.seed), monte_carlo.stream(estimator))
     if by_dim:
         key = jax.random.fold_in(key, dim)
     costs = [problem.costs[c] for c, _ in rows]
-    chunks = tuple(monte_carlo.chunk_sizes(config.num_samples, len(rows), dim, estimator))
+    evaluations = monte_carlo.estimator(estimator).cost_evaluations(dim)
+    chunks = tuple(monte_carlo.chunk_sizes(config.num_samples, len(rows), dim, evaluations))
+    # A clear error if the estimator needs more samples than a chunk holds.
+    monte_carlo.estimator(estimator).check(
+        problem.dist_builder(problem.params(_values(config, problem), dim)), min(chunks)
+    )
     moments = monte_carlo.mc_moments(
         key,
         np.array([c.weight_vector() for c in costs], np.float32),
@@ -235,6 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     workdir = Path(workdir)
     problem = _problem(config)
     by_dim = "dims" in config
+    dims = sorted(set(config.dims)) if by_dim else [1]
     exact_curves = []
     for cost in config.costs:
         x, _ = _axes_values(config, cost)
@@ -303,7 +335,11 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             else "single-sample variance; Monte Carlo +-2 SE"
         ),
         "costs": {c: problem.costs[c].label for c in config.costs},
-        "estimators": {e: ESTIMATOR_LABELS[e] for e in config.estimators},
+        "estimators": {e: monte_carlo.estimator(e).label for e in config.estimators},
+        "evaluations_per_sample": {
+            e: {str(d): monte_carlo.estimator(e).cost_evaluations(d) for d in dims}
+            for e in config.estimators
+        },
         "parameters": list(config.parameters),
         "exact": exact_curves,
         "points": points,

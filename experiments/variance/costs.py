@@ -21,15 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 # The terms phi may combine, in a fixed order: weights arrays are [..., len(TERMS)].
-# The estimators of the figures and the parameters they differentiate.
-ESTIMATORS = (
-    "score_function",
-    "score_function_optimal_baseline",
-    "pathwise",
-    "measure_valued_coupled",
-    "measure_valued_uncoupled",
-)
-PARAMETERS = ("loc", "scale")
 TERMS = ("quadratic", "exp_quadratic", "cosine", "linear", "quartic")
 # The terms of the one-dimensional families in k. The k-figures all evaluate these three (the
 # unused ones with weight 0), so they share one traced program per estimator and grid size.

@@ -40,7 +40,18 @@ from collections.abc import Callable
 import numpy as np
 from numpy.polynomial import legendre
 
-from .costs import ESTIMATORS, PARAMETERS, TERMS, term, term_derivative
+from .costs import TERMS, term, term_derivative
+
+# The estimators whose variance this module computes, by registry name (``estimators.registry``),
+# and the parameters of the Gaussian they differentiate.
+ESTIMATORS = (
+    "score_function",
+    "score_function+optimal",
+    "pathwise",
+    "measure_valued",
+    "measure_valued_uncoupled",
+)
+PARAMETERS = ("loc", "scale")
 
 # Densities are integrated over [-CUTOFF, CUTOFF] (or [0, CUTOFF]) in standard units: the
 # Gaussian, Maxwell and Weibull densities are below 1e-40 beyond it.
@@ -227,12 +238,12 @@ def exact_variance(
     if estimator.startswith("score_function"):
         s = z / sigma if parameter == "loc" else (z**2 - 1) / sigma
         phi = term_sum(mu + sigma * z, weights, k)  # [R, n]
-        optimal = estimator == "score_function_optimal_baseline"
+        optimal = estimator == "score_function+optimal"
         return score_function_variance(phi, wz, s, constant, dim, optimal=optimal)
     if estimator == "pathwise":
         t = np.ones_like(z) if parameter == "loc" else z
         return _var(term_sum(mu + sigma * z, weights, k, term_derivative) * t, wz)
-    coupled = estimator == "measure_valued_coupled"
+    coupled = estimator == "measure_valued"
     if parameter == "loc":
         c = 1 / (sigma * math.sqrt(2 * math.pi))
         r, wr = q.weibull_nodes, q.weibull_weights

@@ -1,9 +1,17 @@
-"""Monte Carlo single-sample variances from this project's estimators, a whole grid per compile.
+"""Monte Carlo single-sample variances of any registered estimator, a whole grid per compile.
 
 One call of :func:`mc_moments` runs one estimator on every row of a grid (a row is one cost
 and one ``k``, both traced, so the rows are a ``jax.vmap``) and returns per-chunk moments of
 the per-sample estimates; :func:`combine` merges the chunks in float64 into the variance per
 coordinate, averaged over the ``D`` coordinates, and its standard error.
+
+An estimator is a spec of ``estimators.registry`` (``"pathwise"``, ``"score_function+loo"``,
+``"mypkg.mymod:my_estimator"``): the runner calls its ``per_sample`` with the estimator's
+initial state (``init()``) and never asks which estimator it holds, with one exception made
+for the statistic: a trailing ``+optimal`` baseline is estimated once per grid row from
+``num_samples`` samples of its own (:data:`ROW_BASELINE`), so the points measure the variance
+at :math:`b \approx b^*`, the value the exact curve assumes, rather than with a baseline
+re-estimated from each chunk of samples.
 
 Samples are processed ``chunk_size`` at a time (``jax.lax.map``), so memory is
 ``O(rows * chunk_size * D)`` whatever ``num_samples`` is.
@@ -11,42 +19,72 @@ Samples are processed ``chunk_size`` at a time (``jax.lax.map``), so memory is
 
 from __future__ import annotations
 
+import functools
+import zlib
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import estimators
+from estimators import registry
 
-from .costs import ESTIMATORS, separable_cost
+from .costs import separable_cost
 from .problems import Problem
 
 # One vectorised step handles about this many scalar per-sample estimates: small enough to stay
 # in cache (2**21 ran 2-4x slower on a 2-core CPU), large enough to amortise the loop.
 STEP_ELEMENTS = 2**18
-# estimators.measure_valued evaluates about this many perturbed-sample elements per step.
-MEASURE_VALUED_STEP = 2**24
+# An estimator evaluating f several times per sample (estimators.measure_valued: 4 D) handles
+# about this many perturbed-sample elements per step.
+MULTI_EVALUATION_STEP = 2**24
+# The modifier whose baseline the runner estimates once per grid row (see the module docstring).
+ROW_BASELINE = "optimal"
+# Random streams (``fold_in`` of the config's seed) of the estimators of Figs 2-7: the ones they
+# had when the runner knew only these five, so the figures reproduce bit for bit. Any other
+# estimator's stream comes from a hash of its spec (:func:`stream`).
+_FIGURE_STREAMS = {
+    "score_function": 0,
+    "score_function+optimal": 1,
+    "pathwise": 2,
+    "measure_valued": 3,
+    "measure_valued_uncoupled": 4,
+}
 
 
-def _jacobians(
-    estimator: str, cost, params: dict, dist_builder, key: jax.Array, n: int, baseline
-) -> dict:
-    """Per-sample estimates ``{leaf: [n, D]}`` of one estimator."""
-    if estimator == "score_function":
-        return estimators.score_function(cost, params, dist_builder, key, num_samples=n)
-    if estimator == "score_function_optimal_baseline":
-        return estimators.score_function(
-            cost, params, dist_builder, key, num_samples=n, baseline=baseline
-        )
-    if estimator == "pathwise":
-        return estimators.pathwise(cost, params, dist_builder, key, num_samples=n)
-    if estimator in ("measure_valued_coupled", "measure_valued_uncoupled"):
-        coupling = estimator == "measure_valued_coupled"
-        return estimators.measure_valued(
-            cost, params, dist_builder, key, num_samples=n, coupling=coupling
-        )
-    raise ValueError(f"unknown estimator {estimator!r}; known: {ESTIMATORS}")
+def stream(spec: str) -> int:
+    """The number folded into the seed for ``spec``'s samples: fixed per spec, whatever else
+    a config computes."""
+    return _FIGURE_STREAMS.get(spec, len(_FIGURE_STREAMS) + zlib.crc32(spec.encode()) % 2**30)
+
+
+@functools.lru_cache(maxsize=64)
+def estimator(spec: str) -> estimators.GradientEstimator:
+    """``estimators.registry.get(spec)``, once per spec (the jit cache is keyed by the spec)."""
+    return registry.get(spec)
+
+
+def _row_baseline() -> estimators.Baseline:
+    """A baseline whose value is the state it is given: the per-row ``b`` the runner made."""
+    return estimators.Baseline(
+        name=ROW_BASELINE,
+        label="optimal baseline",
+        value=lambda state, inputs: state,
+        per_parameter=True,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _sampler(spec: str) -> tuple[estimators.GradientEstimator, bool]:
+    """The estimator whose ``per_sample`` runs, and whether its state is a per-row baseline."""
+    base_spec, plus, last = spec.rpartition("+")
+    if plus and last.strip() == ROW_BASELINE:
+        base = estimator(base_spec)
+        if base.with_baseline is not None:
+            return base.with_baseline(_row_baseline()), True
+    return estimator(spec), False
 
 
 def _chunk_moments(g: jax.Array) -> dict:
@@ -68,17 +106,19 @@ def _chunk_moments(g: jax.Array) -> dict:
     }
 
 
-def chunk_sizes(num_samples: int, rows: int, dim: int, estimator: str = "") -> list[int]:
+def chunk_sizes(num_samples: int, rows: int, dim: int, evaluations: int = 1) -> list[int]:
     """Sizes of the chunks ``num_samples`` is split into: equal ones, then maybe a remainder.
 
     About ``STEP_ELEMENTS / (rows * dim)`` samples per chunk; a divisor of ``num_samples`` near
     that is preferred, since a remainder chunk is a second traced copy of the estimator (twice
-    the compile time). For the measure-valued estimator, at most the samples it processes in
-    one step of its own (``MEASURE_VALUED_STEP / (4 D^2)``), for the same reason.
+    the compile time). For an estimator that evaluates ``f`` ``evaluations > 1`` times per
+    sample (``est.cost_evaluations(D)``; the measure-valued one, ``4 D``), at most
+    ``MULTI_EVALUATION_STEP / (evaluations D)`` samples, the ones ``estimators.measure_valued``
+    processes in one step of its own, for the same reason.
     """
     target = max(256, STEP_ELEMENTS // (rows * dim))
-    if estimator.startswith("measure_valued"):
-        target = max(1, min(target, MEASURE_VALUED_STEP // (4 * dim * dim)))
+    if evaluations > 1:
+        target = max(1, min(target, MULTI_EVALUATION_STEP // (evaluations * dim)))
     if num_samples <= target:
         return [num_samples]
     for size in range(target, (target - 1) // 2, -1):
@@ -116,7 +156,7 @@ def mc_moments(
       weights: ``[R, len(TERMS)]``; ks, constants: ``[R]``.
       values: the problem's parameter values (``problem.values``' keys), each ``[]``.
       problem: the :class:`problems.Problem` (static).
-      estimator: one of ``ESTIMATORS`` (static).
+      estimator: an ``estimators.registry`` spec (static); see the module docstring.
       terms: the cost terms with nonzero weights (static).
       dim: ``D`` (static).
       chunks: the chunk sizes, summing to the number of samples (static; see
@@ -134,11 +174,12 @@ def mc_moments(
     def cost_of(w: jax.Array, k: jax.Array, a: jax.Array):
         return lambda x: separable_cost(x, w, k, a, terms=terms)
 
+    est, row_baseline = _sampler(estimator)
     # keys[r, c]: row r, chunk c; the baseline gets its own, independent keys.
     estimator_key, baseline_key = jax.random.split(key)
     keys = jax.random.split(estimator_key, (num_rows, len(chunks)))
-    baseline = None
-    if estimator == "score_function_optimal_baseline":
+    baseline: Any = None
+    if row_baseline:
         # b* estimated per row from as many samples again, independent of the estimator's.
         def baselines(row_keys: jax.Array) -> dict:
             def one(k_: jax.Array, w: jax.Array, k: jax.Array, a: jax.Array) -> dict:
@@ -153,7 +194,10 @@ def mc_moments(
     def chunk(n: int):
         def rows(row_keys: jax.Array) -> dict:  # all rows, one chunk of n samples each
             def one(k_, w, k, a, b) -> dict:
-                jac = _jacobians(estimator, cost_of(w, k, a), params, dist_builder, k_, n, b)
+                state = b if row_baseline else est.init()
+                jac = est.per_sample(
+                    cost_of(w, k, a), params, dist_builder, k_, num_samples=n, state=state
+                )
                 return {p: _chunk_moments(jac[p]) for p in problem.parameters}
 
             return jax.vmap(one)(row_keys, weights, ks, constants, baseline)

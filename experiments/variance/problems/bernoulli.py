@@ -34,7 +34,7 @@ from . import Problem
 ATOMS = np.array([0.0, 1.0])
 # The estimators whose exact variance the enumeration gives: the score function, with the
 # optimal baseline b* = E[f s^2] / E[s^2] or without.
-_SCORE_FUNCTION = {"score_function": False, "score_function_optimal_baseline": True}
+_SCORE_FUNCTION = {"score_function": False, "score_function+optimal": True}
 
 
 def _check(values: Mapping[str, Any]) -> None:
