@@ -200,6 +200,17 @@ def measure_valued(
       A pytree like ``params``; each leaf ``[num_samples, *leaf.shape]``. Costs ``2 S D``
       evaluations of ``f`` per sample (``4 D`` for the Normal: two per coordinate for the mean,
       two for the scale).
+
+    Example (:math:`\nabla_\mu E[\sum_d x_d] = 1`; single-sample SD about 1.1 for ``loc``):
+      >>> import jax, jax.numpy as jnp, estimators
+      >>> params = {"loc": jnp.zeros(2), "scale": jnp.ones(2)}
+      >>> normal = lambda p: estimators.Normal(p["loc"], p["scale"])
+      >>> g = estimators.measure_valued(jnp.sum, params, normal, jax.random.key(0),
+      ...                               num_samples=10_000)
+      >>> jax.tree.map(jnp.shape, g)
+      {'loc': (10000, 2), 'scale': (10000, 2)}
+      >>> bool(jnp.all(jnp.abs(g["loc"].mean(0) - 1.0) < 0.05))
+      True
     """
     who = "measure_valued"
     dist = check_measure_valued_dist(
