@@ -406,10 +406,12 @@ def plot(workdir: str | Path) -> list[Path]:
                 label = f"{results['costs'][scost]}" + (
                     f", {label}" if len(results["estimators"]) > 1 else ""
                 )
+            exact_line = handles.get(label, (color, False))[1]
             for curve in results["exact"]:
                 if (curve["cost"], curve["estimator"], curve["parameter"]) == (want, est, param):
                     ax.plot(curve["x"], curve["variance"], color=color, lw=1.6)
                     shown += curve["variance"]
+                    exact_line = True
             pts = [
                 r
                 for r in results["points"]
@@ -424,7 +426,7 @@ def plot(workdir: str | Path) -> list[Path]:
                     elinewidth=1.0, capsize=0, zorder=3,
                 )  # fmt: skip
                 shown += ys.tolist()
-            handles[label] = color
+            handles[label] = (color, exact_line)
         ax.set_xscale(results["xscale"][cost or results_first_cost(results)])
         if ax.get_xscale() == "log":
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -443,9 +445,19 @@ def plot(workdir: str | Path) -> list[Path]:
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes.ravel()[len(panels) :]:
         ax.set_visible(False)
-    legend = [
-        Line2D([], [], color=c, lw=1.6, marker="o", ms=4, mfc="white", label=label)
-        for label, c in handles.items()
+    legend = [  # a line where an exact curve is drawn, points only where there is none
+        Line2D(
+            [],
+            [],
+            color=c,
+            lw=1.6,
+            ls="-" if line else "none",
+            marker="o",
+            ms=4,
+            mfc="white",
+            label=label,
+        )  # fmt: skip
+        for label, (c, line) in handles.items()
     ]
     fig.legend(
         handles=legend,
