@@ -353,6 +353,15 @@ class Normal(Distribution, HasScore, StandardNoise, WeakDerivative, FactorizedMo
         Returns:
           ``{"loc": WeakDerivativeTerm, "scale": WeakDerivativeTerm}``, fields
           ``[*event_shape]``.
+
+        Example (coupled, the mean's parts are ``mu + sigma W`` and ``mu - sigma W``):
+          >>> import jax, jax.numpy as jnp, estimators
+          >>> d = estimators.Normal(jnp.zeros(3), jnp.ones(3))
+          >>> terms = d.weak_derivative(jax.random.key(0), coupling=True)
+          >>> list(terms), terms["loc"].positive.shape
+          (['loc', 'scale'], (3,))
+          >>> bool(jnp.all(terms["loc"].positive == -terms["loc"].negative))
+          True
         """
         shape = self.event_shape
         dim, dtype = math.prod(shape), jnp.result_type(self.loc)
