@@ -30,7 +30,12 @@ from ._capabilities import HasScore as HasScore
 from ._capabilities import Reparameterizable as Reparameterizable
 from ._capabilities import StandardNoise as StandardNoise
 from ._capabilities import WeakDerivative as WeakDerivative
+from ._common import StructuredCost as StructuredCost
 from ._common import draw_samples as draw_samples
+from ._common import ignores_baselines as ignores_baselines
+from ._common import invariant_to_baselines as invariant_to_baselines
+from ._common import pull_back as pull_back
+from ._common import with_coordinate_costs as with_coordinate_costs
 from ._control_variates import ControlVariate as ControlVariate
 from ._control_variates import baseline_control_variate as baseline_control_variate
 from ._control_variates import delta_method as delta_method
@@ -42,6 +47,7 @@ from ._distributions import Dirichlet as Dirichlet
 from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
+from ._distributions import WeakDerivativeTerm as WeakDerivativeTerm
 from ._interface import GradientEstimator as GradientEstimator
 from ._interface import gradient_estimator as gradient_estimator
 from ._interface import surrogate_from_per_sample as surrogate_from_per_sample

@@ -15,7 +15,9 @@ import estimators
 
 MODULES = [
     "estimators._baselines",
+    "estimators._common",
     "estimators._control_variates",
+    "estimators._distributions",
     "estimators._interface",
     "estimators._measure_valued",
     "estimators._optax_compat",
