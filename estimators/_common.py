@@ -257,7 +257,7 @@ def with_coordinate_costs(function: CostFn, coordinate_costs: CoordinateCostFn) 
       >>> a = jnp.array([[1.0, 2.0], [0.5, -1.0], [0.0, 3.0]])
       >>> f = lambda x: jnp.sum(jnp.sin(a @ x))
       >>> def replaced(x, values):  # [D], [P, D] -> [P, D]
-      ...     moved = (a @ x)[None, None] + (values - x)[..., None] * a.T[None]
+      ...     moved = (a @ x)[None, None] + (values - x[None])[..., None] * a.T[None]
       ...     return jnp.sum(jnp.sin(moved), -1)
       >>> cost = estimators.with_coordinate_costs(f, replaced)
       >>> params = {"loc": jnp.zeros(2), "scale": jnp.ones(2)}
