@@ -7,6 +7,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.runner = "demo"
     config.seed = 0
+    config.estimators = ("pathwise", "score_function")  # registry specs or "pkg.mod:attr"
     config.dims = (1, 10, 100)
     config.loc = 1.0
     config.scale = 1.0
