@@ -163,6 +163,13 @@ def _validate_estimators(config: ml_collections.ConfigDict, problem: problems.Pr
                 f"has {spec!r}, whose objective is {est.objective!r}; the variance runner "
                 "compares estimates of grad E[f] (objective 'mean')",
             )
+        if est.multi_sample:
+            _fail(
+                "estimators",
+                f"has {spec!r}, which uses its samples jointly (multi_sample): its per-sample "
+                "rows are not independent, so their variance is not the single-sample variance "
+                "these figures compare",
+            )
         try:
             est.check(dist, config.num_samples)
         except ValueError as e:
