@@ -79,11 +79,10 @@ def make_training(
         state["opt"] = pieces["optimizer"].init(state["params"])
     setup = vae_train.Setup(
         estimator=estimator,
-        num_samples=config.num_samples if estimator in vae_train.MULTI_SAMPLE else 1,
+        num_samples=vae_train.num_samples(config, pieces["est"]),
         batch_size=batch_size,
         num_batches=steps,
         dynamic=dynamic,
-        ma_decay=config.ma_decay,
         **pieces,
     )
     train = _data(steps * batch_size)

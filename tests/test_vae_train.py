@@ -6,6 +6,7 @@ Tiny sizes throughout: digits, or MNIST-format files of random images that the t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import estimators
 from experiments import _config as cfg
 from experiments import run_experiment, vae
 from experiments._workdir import WorkdirError
@@ -91,7 +93,7 @@ def test_digits_training_lowers_the_loss_and_writes_everything(tmp_path):
         run_experiment(config, tmp_path / "run")
 
 
-@pytest.mark.parametrize("estimator", ["score_function_nvil"])
+@pytest.mark.parametrize("estimator", ["score_function+nvil"])
 def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, estimator):
     """Interrupted after epoch 2 (checkpoint on exit), then resumed: same final state exactly."""
     config = _config("vae_digits", f"estimator={estimator}", "num_epochs=4")
@@ -112,7 +114,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, estimato
     run_experiment(config, tmp_path / "resumed", resume=True)
 
     a, b = _final_entries(tmp_path / "straight"), _final_entries(tmp_path / "resumed")
-    assert "bparams/layers/0/kernel/value" in a  # NVIL's network is saved too
+    assert "estimator/params/layers/0/kernel/value" in a  # NVIL's network is saved too
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     ra = json.loads((tmp_path / "straight" / "results.json").read_text())
     rb = json.loads((tmp_path / "resumed" / "results.json").read_text())
@@ -172,7 +174,7 @@ def test_bad_values_are_refused_before_anything_is_written(tmp_path):
             run_experiment(_config("vae_digits", override), tmp_path / "run")
     with pytest.raises(ValueError, match="num_samples must be an int >= 2"):
         run_experiment(
-            _config("vae_digits", "estimator=score_function_loo", "num_samples=1"), tmp_path / "r"
+            _config("vae_digits", "estimator=score_function+loo", "num_samples=1"), tmp_path / "r"
         )
     assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
 
@@ -194,18 +196,37 @@ def test_mnist_configs_smoke(tmp_path, small_idx_dir, name):
     assert results["epochs"] == 1 and np.isfinite(results["test_elbo"])
 
 
+# A user's own estimator, defined outside the package and reached by its importable path: the
+# score function, its surrogate derived by the interface from the per-sample form (not the
+# library's score_function_surrogate).
+MY_SCORE_FUNCTION = estimators.gradient_estimator(
+    "my_score_function", estimators.score_function, requires=(estimators.HasScore,)
+)
+MINE = "tests.test_vae_train:MY_SCORE_FUNCTION"
+DISCRETE_ONLY = estimators.gradient_estimator(
+    "discrete_only", estimators.score_function, requires=(estimators.Discrete,)
+)
+
+
 def test_compare_configs_smoke(tmp_path, small_idx_dir):
     """Both comparison configs, tiny. With the other tests of this file, every estimator runs
     through the runner: pathwise (training test), score_function (NaN test), NVIL (resume
-    test), moving average and leave-one-out (digits here), IWAE (MNIST here)."""
-    two = ("score_function_moving_average", "score_function_loo")
+    test), moving average, leave-one-out and a user's estimator given by its importable path
+    (digits here: configuration alone, no edit of the package), IWAE (MNIST here)."""
+    three = ("score_function+moving_average", "score_function+loo", MINE)
     warmup = "grad_var_warmup_steps=5"  # the protocol's baseline warm-up, kept short here
-    config = _config("vae_compare_digits", "num_epochs=2", f"estimators={two!r}", warmup)
+    config = _config("vae_compare_digits", "num_epochs=2", f"estimators={three!r}", warmup)
     results = run_experiment(config, tmp_path / "digits")
-    assert tuple(r["estimator"] for r in results["runs"]) == two
+    assert tuple(r["estimator"] for r in results["runs"]) == three
+    assert np.isfinite(results["runs"][2]["test_elbo"]) and results["runs"][2]["num_samples"] == 1
+    assert (
+        tmp_path / "digits" / "tests.test_vae_train_MY_SCORE_FUNCTION" / "results.json"
+    ).exists()
+    rows = results["grad_variance"]["rows"]
+    assert [r["estimator"] for r in rows if r["epoch"] == 2] == ["pathwise", *three]
     table = (tmp_path / "digits" / "table.md").read_text()
-    assert all(e in table for e in two) and "test log p(x)" in table
-    assert (tmp_path / "digits" / "table.csv").read_text().count("\n") == 3
+    assert all(e in table for e in three) and "test log p(x)" in table
+    assert (tmp_path / "digits" / "table.csv").read_text().count("\n") == 4
     assert (tmp_path / "digits" / "elbo_curves.png").exists()  # drawn even with figures=false
     config = _config(
         "vae_compare",
@@ -220,21 +241,65 @@ def test_compare_configs_smoke(tmp_path, small_idx_dir):
         vae_compare.validate(_config(name))
     with pytest.raises(ValueError, match="unknown estimator"):
         vae_compare.validate(_config("vae_compare", "estimators=('pathwise', 'nvil')"))
+    with pytest.raises(ValueError, match="'loo' changes only estimators that take a baseline"):
+        vae_compare.validate(_config("vae_compare", "estimators=('pathwise+loo',)"))
+    discrete = "tests.test_vae_train:DISCRETE_ONLY"
+    with pytest.raises(ValueError, match="posterior is Gaussian.*needs a distribution that is"):
+        vae_compare.validate(_config("vae_compare", f"estimators=('pathwise', {discrete!r})"))
+
+
+def test_users_estimator_gives_the_library_score_functions_gradient():
+    """The user's estimator of ``test_compare_configs_smoke`` (the score function with the
+    interface's derived surrogate) and the library's ``score_function`` give the same gradient
+    of the batch loss, every weight of encoder and decoder, on the same key: the derived
+    surrogate pulls the per-sample form back through the encoder and passes the decoder's
+    gradient through. The tolerance is float32 rounding; dropping the score term (the
+    encoder's gradient would be the KL's alone) is off by far more, as the last assert shows."""
+    from flax import nnx
+
+    xs, key = _binary_batch(4), jax.random.key(3)
+
+    def grads(setup, state):
+        g = jax.grad(lambda p: vae_train.batch_loss(setup, p, state, xs, key)[0])(state["params"])
+        return {part: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g[part])]) for part in g}
+
+    mine, ref = grads(*_tiny_setup(MINE)), grads(*_tiny_setup("score_function"))
+    for part in ("encoder", "decoder"):
+        scale = np.max(np.abs(ref[part]))
+        np.testing.assert_allclose(mine[part], ref[part], rtol=0, atol=1e-5 * scale)
+    setup, state = _tiny_setup("score_function")
+
+    def kl(params):
+        model = nnx.merge(setup.graphdef, params)
+        return jnp.mean(jax.vmap(lambda x: model.latent.kl(model.encoder_params(x)))(xs))
+
+    kl_only = jax.grad(kl)(state["params"])["encoder"]
+    kl_only = np.concatenate([np.ravel(v) for v in jax.tree.leaves(kl_only)])
+    scale = np.max(np.abs(ref["encoder"]))
+    assert np.max(np.abs(kl_only - ref["encoder"])) > 1e-2 * scale
 
 
 def _tiny_setup(estimator: str, num_samples: int = 1, seed: int = 0):
-    """A 64-16-2 VAE (digits sizes) and its initial state; ``ma_decay`` 0.9."""
-    config = _config("vae_digits", f"estimator={estimator}", "hidden=(16,)", "latent_dim=2")
+    """A 64-16-2 VAE (digits sizes) and its initial state; ``ma_decay`` 0.9; ``num_samples``
+    for the estimators that use their samples jointly."""
+    config = _config(
+        "vae_digits",
+        f"estimator={estimator}",
+        "hidden=(16,)",
+        "latent_dim=2",
+        "ma_decay=0.9",
+        f"num_samples={num_samples}",
+    )
     pieces, state = vae_train.init_state(config, 64, jax.random.key(seed))
     setup = vae_train.Setup(
         estimator=estimator,
-        num_samples=num_samples,
+        num_samples=vae_train.num_samples(config, pieces["est"]),
         batch_size=8,
         num_batches=1,
         dynamic=False,
-        ma_decay=0.9,
         **pieces,
     )
+    assert setup.num_samples == num_samples
     return setup, state
 
 
@@ -247,20 +312,11 @@ def _direct_estimates(setup, state, xs, key, num_estimates: int) -> np.ndarray:
     of ``jax.grad`` of the per-example surrogate, example ``b`` with key ``split(k_m, B)[b]``."""
     from flax import nnx
 
-    baseline = float(jnp.mean(vae_train._baseline_values(setup, state, xs)))
-
     @jax.jit
     def example_grad(x, k):
         def loss(params):
             model = nnx.merge(setup.graphdef, params)
-            return vae_train._example_loss(
-                model,
-                x,
-                k,
-                jnp.asarray(baseline),
-                estimator=setup.estimator,
-                num_samples=setup.num_samples,
-            )[0]
+            return vae_train.example_loss(setup, model, x, k, state["estimator"])[0]
 
         g = jax.grad(loss)(state["params"])["encoder"]
         return jnp.concatenate([v.ravel() for v in jax.tree.leaves(g)])
@@ -290,7 +346,7 @@ def test_protocol_variance_value_and_k_normalisation_match_an_independent_comput
     m, k = 12, 3
     xs, key = _binary_batch(5), jax.random.key(7)
     sq = {}
-    for estimator, samples in (("pathwise", 1), ("score_function_loo", k)):
+    for estimator, samples in (("pathwise", 1), ("score_function+loo", k)):
         setup, state = _tiny_setup(estimator, samples)
         reported = vae_train.make_grad_variance(setup, m)(state, xs, key)
         summary = vae_train.variance_summary(reported["sq_dev"], setup.num_samples)
@@ -303,9 +359,9 @@ def test_protocol_variance_value_and_k_normalisation_match_an_independent_comput
         assert summary["per_sample_variance"] == pytest.approx(samples * trace, rel=1e-3)
         assert summary["per_sample_variance_se"] == pytest.approx(samples * se, rel=1e-3)
         sq[estimator] = (reported["sq_dev"], loo, trace)
-    ratio, ratio_se = vae_train.variance_ratio(sq["score_function_loo"][0], k, sq["pathwise"][0], 1)
-    loo_ratio = k * sq["score_function_loo"][1] / sq["pathwise"][1]
-    exact = k * sq["score_function_loo"][2] / sq["pathwise"][2]
+    ratio, ratio_se = vae_train.variance_ratio(sq["score_function+loo"][0], k, sq["pathwise"][0], 1)
+    loo_ratio = k * sq["score_function+loo"][1] / sq["pathwise"][1]
+    exact = k * sq["score_function+loo"][2] / sq["pathwise"][2]
     assert ratio == pytest.approx(exact, rel=1e-3)
     assert ratio_se == pytest.approx(
         np.sqrt((m - 1) / m * np.sum((loo_ratio - loo_ratio.mean()) ** 2)), rel=1e-3
@@ -314,44 +370,55 @@ def test_protocol_variance_value_and_k_normalisation_match_an_independent_comput
         vae_train.variance_summary(np.ones(2), 1)
 
 
-@pytest.mark.parametrize("estimator", ["score_function_moving_average", "score_function_nvil"])
-def test_vae_loop_reads_the_baseline_before_updating_it(estimator):
-    """Deterministic: the baseline a train_step's estimate uses is the OLD state's value, and the
-    state is then updated with that batch's costs; changing the batch's costs (through the
-    decoder) leaves the baseline used for it unchanged. A loop that updated first would use
-    moving_average_baseline(update(old, costs)), which the last assert shows differs."""
-    from flax import nnx
+@pytest.mark.parametrize("estimator", ["score_function+moving_average", "score_function+nvil"])
+def test_vae_loop_reads_the_estimator_state_before_updating_it(estimator):
+    """Deterministic: a train_step's gradient is the estimator's at the OLD state, and the new
+    state is ``est.update(old, the batch's costs, context=the batch)``. With SGD at rate 1 the
+    step's gradient is ``params - new params``. A loop that updated first would take the
+    gradient at the updated state, which the last assert shows differs by far more than the
+    rounding the first tolerates."""
+    import optax
 
     import estimators
 
     setup, state = _tiny_setup(estimator)
-    state = dict(state)
-    state["ma"] = estimators.MovingAverage(
+    setup = dataclasses.replace(setup, optimizer=optax.sgd(1.0))
+    average = estimators.MovingAverage(
         jnp.asarray(3.0), jnp.asarray(4, jnp.int32), jnp.asarray(0.4)
-    )  # zero-debiased value 3.0 / 0.4 = 7.5
-    xs = _binary_batch(3)
-    old = 7.5
-    if estimator == "score_function_nvil":
-        bnet = nnx.merge(setup.baseline_graphdef, state["bparams"])
-        old = 7.5 + np.asarray(bnet(xs)[:, 0])
-    step = jax.jit(lambda s, x, k: vae_train.train_step_with_aux(setup, s, x, k))
-    new, _, aux = step(state, xs, jax.random.key(2))
-    np.testing.assert_allclose(np.asarray(aux["baselines"]), np.broadcast_to(old, (8,)), rtol=1e-6)
-    expected_ma = estimators.moving_average_update(state["ma"], aux["costs"], decay=0.9)
-    for a, b in zip(new["ma"], expected_ma, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    )  # zero-debiased value 3.0 / 0.4 = 7.5, far below the costs (about 44 nats)
+    est_state = state["estimator"]
+    if isinstance(est_state, estimators.MovingAverage):
+        est_state = average
+    else:
+        est_state = est_state._replace(average=average)
+    state = dict(state, opt=setup.optimizer.init(state["params"]), estimator=est_state)
+    xs, key = _binary_batch(3), jax.random.key(2)
+    new, _, aux = jax.jit(lambda s, x, k: vae_train.train_step_with_aux(setup, s, x, k))(
+        state, xs, key
+    )
+    updated = setup.est.update(est_state, aux["costs"], context=xs)
+    for a, b in zip(jax.tree.leaves(new["estimator"]), jax.tree.leaves(updated), strict=True):
+        b = np.asarray(b)  # float32 rounding of the entries' own scale
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-6 * np.max(np.abs(b)))
 
-    shifted = dict(state)
-    shifted["params"] = jax.tree.map(lambda v: v, state["params"])
-    dec = shifted["params"]["decoder"]
-    leaves, treedef = jax.tree.flatten(dec)
-    shifted["params"]["decoder"] = jax.tree.unflatten(treedef, [v + 0.5 for v in leaves])
-    _, _, aux2 = step(shifted, xs, jax.random.key(2))
-    assert np.min(np.abs(np.asarray(aux2["costs"] - aux["costs"]))) > 1e-3  # other costs
-    np.testing.assert_array_equal(np.asarray(aux2["baselines"]), np.asarray(aux["baselines"]))
-    # The check has power against update-then-read: that order would use another value.
-    updated_first = float(estimators.moving_average_baseline(new["ma"]))
-    assert abs(updated_first - 7.5) > 1e-2
+    def encoder_grad(st):
+        g = jax.grad(lambda p: vae_train.batch_loss(setup, p, st, xs, key)[0])(st["params"])
+        return np.concatenate([np.ravel(v) for v in jax.tree.leaves(g["encoder"])])
+
+    used = np.concatenate(
+        [
+            np.ravel(a - b)
+            for a, b in zip(
+                jax.tree.leaves(state["params"]["encoder"]),
+                jax.tree.leaves(new["params"]["encoder"]),
+                strict=True,
+            )
+        ]
+    )
+    at_old, at_new = encoder_grad(state), encoder_grad(dict(state, estimator=updated))
+    scale = np.max(np.abs(at_old))
+    np.testing.assert_allclose(used, at_old, rtol=0, atol=1e-5 * scale)
+    assert np.max(np.abs(at_new - at_old)) > 1e-2 * scale  # the other order is caught
 
 
 def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
@@ -363,7 +430,7 @@ def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
     real = vae.run
 
     def nvil_diverges(config, workdir, resume=False):
-        if config.estimator == "score_function_nvil":
+        if config.estimator == "score_function+nvil":
             raise vae_train.TrainingDiverged("loss is nan at step 3 (epoch 1)")
         return real(config, workdir, resume=resume)
 
@@ -371,14 +438,14 @@ def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
     config = _config(
         "vae_compare_digits",
         "num_epochs=2",
-        "estimators=('pathwise', 'score_function_nvil')",
+        "estimators=('pathwise', 'score_function+nvil')",
         "grad_var_checkpoint_epochs=(1,)",
         "grad_var_warmup_steps=5",
         "grad_var_num_estimates=4",
     )
     out = run_experiment(config, tmp_path / "cmp")
     assert out["runs"][1] == {
-        "estimator": "score_function_nvil",
+        "estimator": "score_function+nvil",
         "diverged": True,
         "message": "loss is nan at step 3 (epoch 1)",
         "num_samples": 1,
@@ -388,7 +455,7 @@ def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
     assert protocol["checkpoint_epochs"] == [1, 2] and protocol["replay_matches_reference_run"]
     by_epoch = {e: [r for r in protocol["rows"] if r["epoch"] == e] for e in (1, 2)}
     for rows in by_epoch.values():
-        assert [r["estimator"] for r in rows] == ["pathwise", "score_function_nvil"]
+        assert [r["estimator"] for r in rows] == ["pathwise", "score_function+nvil"]
         for key in ("params_sha256", "batch_sha256", "key_data", "num_estimates"):
             assert rows[0][key] == rows[1][key], key
         assert rows[1]["baseline_warmup_steps"] == 5 and rows[1]["per_sample_variance"] > 0
@@ -399,7 +466,7 @@ def test_compare_measures_every_estimator_at_the_same_parameters_batch_and_keys(
     restored = vae.checkpoint.restore(vae.checkpoint.manager(tmp_path / "cmp" / "pathwise"), state)
     assert vae_compare._sha256(restored.state["params"]) == by_epoch[2][0]["params_sha256"]
     table = (tmp_path / "cmp" / "table.md").read_text()
-    assert "| score_function_nvil | 1 | diverged in epoch 1 | — | — |" in table
+    assert "| score_function+nvil | 1 | diverged in epoch 1 | — | — |" in table
     assert (tmp_path / "cmp" / "grad_variance.png").exists()
     # --resume reuses everything: finished, diverged and the protocol.
     again = run_experiment(config, tmp_path / "cmp", resume=True)
@@ -427,12 +494,12 @@ def test_checkpoint_round_trip_by_name(tmp_path):
     """Every entry of an NVIL run's state (NNX params, Adam's state, the moving average, the
     baseline network and its Adam state, the step) comes back under its name, bit for bit,
     into a template of other values; the names are the key paths."""
-    _, state = _tiny_setup("score_function_nvil")
+    _, state = _tiny_setup("score_function+nvil")
     trained = jax.tree.map(lambda v: v + 1, state)  # every entry differs from the template
     manager = _saved(tmp_path, trained, epoch=3)
     names = set(vae.checkpoint.flatten(state))
-    assert {"step", "ma/value", "opt/0/count", "params/encoder/layers/0/kernel/value"} <= names
-    assert "bparams/layers/1/bias/value" in names
+    assert {"step", "opt/0/count", "params/encoder/layers/0/kernel/value"} <= names
+    assert {"estimator/average/value", "estimator/params/layers/1/bias/value"} <= names
     restored = vae.checkpoint.restore(manager, state)
     assert restored.epoch == 3 and restored.missing == ()
     assert _same(restored.state, trained) and not _same(restored.state, state)
@@ -442,7 +509,7 @@ def test_checkpoint_round_trip_by_name(tmp_path):
 def test_checkpoint_without_a_new_entry_restores_the_rest_and_names_it(tmp_path):
     """A checkpoint written before a state entry existed: the old entries come back as saved,
     the new one takes the template's (initial) value, and ``missing`` names it."""
-    _, state = _tiny_setup("score_function_moving_average")
+    _, state = _tiny_setup("score_function+moving_average")
     trained = jax.tree.map(lambda v: v + 1, state)
     manager = _saved(tmp_path, trained)
     grown = dict(state, extra={"w": jnp.full((3,), 7.0)})
@@ -454,10 +521,11 @@ def test_checkpoint_without_a_new_entry_restores_the_rest_and_names_it(tmp_path)
 
 
 def test_checkpoint_with_renamed_or_reshaped_entries_is_a_clear_error(tmp_path):
-    _, state = _tiny_setup("score_function_moving_average")
+    _, state = _tiny_setup("score_function+moving_average")
     manager = _saved(tmp_path, state)
-    renamed = {("ema" if k == "ma" else k): v for k, v in state.items()}
-    with pytest.raises(vae.checkpoint.CheckpointMismatch, match="'ma/value' is in the checkpoint"):
+    renamed = {("baseline" if k == "estimator" else k): v for k, v in state.items()}
+    match = "'estimator/value' is in the checkpoint"
+    with pytest.raises(vae.checkpoint.CheckpointMismatch, match=match):
         vae.checkpoint.restore(manager, renamed)
     config = _config("vae_digits", "hidden=(17,)", "latent_dim=2")
     _, wider = vae.train.init_state(config, 64, jax.random.key(0))
@@ -471,7 +539,7 @@ def test_checkpoint_of_the_old_positional_format_is_still_read(tmp_path):
     into the same state; into another state they are a clear error."""
     import orbax.checkpoint as ocp
 
-    _, state = _tiny_setup("score_function_moving_average")
+    _, state = _tiny_setup("score_function+moving_average")
     trained = jax.tree.map(lambda v: v + 1, state)
     leaves = {f"{i:04d}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(trained))}
     manager = vae.checkpoint.manager(tmp_path / "old")
@@ -480,6 +548,6 @@ def test_checkpoint_of_the_old_positional_format_is_still_read(tmp_path):
     manager.wait_until_finished()
     restored = vae.checkpoint.restore(manager, state)
     assert restored.epoch == 2 and restored.missing == () and _same(restored.state, trained)
-    _, nvil = _tiny_setup("score_function_nvil")
+    _, nvil = _tiny_setup("score_function+nvil")
     with pytest.raises(vae.checkpoint.CheckpointMismatch, match="by position"):
         vae.checkpoint.restore(manager, nvil)

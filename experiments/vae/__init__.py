@@ -33,11 +33,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import estimators
+import models
+
 from .._diagnostics import NAN_CAUSES
 from .._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
 from . import checkpoint, data, plots, train
-from .config import ESTIMATORS
-from .train import MULTI_SAMPLE, TrainingDiverged
+from .train import TrainingDiverged
 
 RESUMABLE = True
 RESUME_MAY_RAISE = ("num_epochs",)  # --resume may train a finished run for longer
@@ -52,12 +54,31 @@ def _positive_int(config, key: str, minimum: int = 1) -> None:
         raise ValueError(f"config.{key} must be an int >= {minimum}; got {value!r}")
 
 
+def _check_estimator(config: ml_collections.ConfigDict) -> estimators.GradientEstimator:
+    """The (described) estimator of ``config.estimator``, which must apply to the model's
+    posterior; a clear ``ValueError`` otherwise."""
+    if not 0 <= config.ma_decay < 1:
+        raise ValueError(f"config.ma_decay must be in [0, 1); got {config.ma_decay}")
+    try:
+        est = train.make_estimator(config)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config.estimator: {e}") from None
+    if not est.multi_sample and est.min_samples > 1:
+        raise ValueError(
+            f"config.estimator: {est.name!r} needs {est.min_samples} samples but does not use "
+            "them jointly (multi_sample=False); the VAE draws one sample per example for it"
+        )
+    q = models.GaussianLatent().posterior({"loc": jnp.zeros(1), "log_scale": jnp.zeros(1)})
+    try:
+        est.check(q, est.min_samples)
+    except ValueError as e:
+        raise ValueError(f"config.estimator: the VAE's posterior is Gaussian: {e}") from None
+    return est
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ``ValueError`` naming the first bad value; nothing is written before this passes."""
-    if config.estimator not in ESTIMATORS:
-        raise ValueError(
-            f"config.estimator: unknown estimator {config.estimator!r}; choose one of {ESTIMATORS}"
-        )
+    est = _check_estimator(config)
     if config.dataset not in data.DATASETS:
         raise ValueError(
             f"config.dataset: unknown dataset {config.dataset!r}; choose one of {data.DATASETS}"
@@ -89,7 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, "grad_var_num_estimates", 3)  # the jackknife SE needs 3
     for key in ("train_examples", "test_examples", "ll_test_examples"):
         _positive_int(config, key, 0)
-    _positive_int(config, "num_samples", 2 if config.estimator == "score_function_loo" else 1)
+    _positive_int(config, "num_samples", est.min_samples if est.multi_sample else 1)
     if config.ll_num_samples % config.ll_chunk_size:
         raise ValueError(
             f"config.ll_num_samples={config.ll_num_samples} must be a multiple of "
@@ -98,8 +119,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("learning_rate", "baseline_learning_rate"):
         if not config[key] > 0:
             raise ValueError(f"config.{key} must be > 0; got {config[key]}")
-    if not 0 <= config.ma_decay < 1:
-        raise ValueError(f"config.ma_decay must be in [0, 1); got {config.ma_decay}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,11 +178,10 @@ def init_run(
     )
     setup = train.Setup(
         estimator=config.estimator,
-        num_samples=config.num_samples if config.estimator in MULTI_SAMPLE else 1,
+        num_samples=train.num_samples(config, pieces["est"]),
         batch_size=config.batch_size,
         num_batches=num_batches,
         dynamic=config.binarization == "dynamic",
-        ma_decay=config.ma_decay,
         **pieces,
     )
     return setup, state

@@ -1,8 +1,11 @@
-"""Comparison runner: train the same VAE with every encoder-gradient estimator, tabulate them.
+"""Comparison runner: train the same VAE with each listed encoder-gradient estimator, tabulate.
 
-Each estimator's run goes into ``<workdir>/<estimator>/`` (a complete ``vae`` workdir: its own
-config.json, metrics, checkpoints, figures); a run whose loss becomes NaN/inf is reported as
-diverged (``<estimator>/diverged.json``), never averaged into anything.
+``config.estimators`` lists registry specs (``"score_function+loo"``) or importable paths
+(``"mypkg.mymod:my_estimator"``, a user's own estimator), ``config.grad_var_reference`` one more.
+Each estimator's run goes into ``<workdir>/<estimator>/`` (``:`` and ``/`` of a path become
+``_``; a complete ``vae`` workdir: its own config.json, metrics, checkpoints, figures); a run
+whose loss becomes NaN/inf is reported as diverged (``<estimator>/diverged.json``), never
+averaged into anything.
 
 The encoder-gradient variances are compared under ONE protocol (``grad_variance.json``):
 
@@ -22,8 +25,9 @@ The encoder-gradient variances are compared under ONE protocol (``grad_variance.
   cost evaluations per example), each with a jackknife standard error (leave one estimate out;
   closed form in ``train.jackknife_trace``), the number of estimates, and the ratio to the
   reference's per-sample variance with a paired jackknife SE (estimate ``m`` left out of both);
-- the IWAE gradient is the gradient of the IWAE bound, a different objective: it is marked so
-  and its variance is not an ELBO-gradient estimator's.
+- an estimator of objective ``"log_mean_exp"`` (IWAE) estimates the gradient of the IWAE
+  bound, a different objective: it is marked so (†) and its variance is not an
+  ELBO-gradient estimator's.
 
 The table (``table.md``, ``table.csv``) and ``grad_variance.png`` report this protocol;
 ``grad_variance_own_params.png`` is the other, labelled view: each run's variance along its own
@@ -38,6 +42,7 @@ import hashlib
 import io
 import math
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +55,7 @@ from .. import vae
 from .._config import config_from_dict, config_to_dict
 from .._workdir import atomic_write_text, read_json, write_json
 from . import checkpoint, plots, train
-from .config import ESTIMATORS
-from .train import MULTI_SAMPLE, OTHER_OBJECTIVE, STATEFUL, TrainingDiverged
+from .train import TrainingDiverged
 
 RESUMABLE = True
 PROTOCOL_KEYS = ("grad_var_reference", "grad_var_checkpoint_epochs", "grad_var_warmup_steps")
@@ -78,32 +82,41 @@ def checkpoint_epochs(config: ml_collections.ConfigDict) -> list[int]:
     return sorted({min(int(e), last) for e in config.grad_var_checkpoint_epochs} | {last})
 
 
+def run_dir(name: str) -> str:
+    """The sub-workdir of estimator ``name``: the spec, with ``:`` and ``/`` as ``_``."""
+    return name.replace(":", "_").replace("/", "_")
+
+
+def other_objective(config: ml_collections.ConfigDict) -> set[str]:
+    """The listed estimators (and reference) of objective ``"log_mean_exp"`` (IWAE-bound
+    gradients), from the registry."""
+    names = {*config.estimators, config.grad_var_reference}
+    return {n for n in names if train.make_estimator(sub_config(config, n)).objective != "mean"}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Every listed estimator known, listed once, the protocol's settings valid, and each
-    sub-config valid."""
+    """Every listed estimator valid (a registry spec or importable path that applies to the
+    VAE), listed once, the protocol's settings valid, and each sub-config valid."""
     names = list(config.estimators)
     if not names:
         raise ValueError("config.estimators is empty")
-    for name in names:
-        if name not in ESTIMATORS:
-            raise ValueError(
-                f"config.estimators: unknown estimator {name!r}; choose from {ESTIMATORS}"
-            )
-    if len(set(names)) != len(names):
+    if any(not isinstance(n, str) for n in names):
+        raise ValueError(f"config.estimators must be specs (str); got {names!r}")
+    dirs = [run_dir(n) for n in names]
+    if len(set(dirs)) != len(dirs):
         raise ValueError(f"config.estimators lists an estimator twice: {names}")
-    if config.grad_var_reference not in ESTIMATORS:
-        raise ValueError(
-            f"config.grad_var_reference: unknown estimator {config.grad_var_reference!r}; "
-            f"choose from {ESTIMATORS}"
-        )
+    for name in (*names, config.grad_var_reference):
+        try:
+            vae.validate(sub_config(config, name))
+        except ValueError as e:
+            key = "grad_var_reference" if name == config.grad_var_reference else "estimators"
+            raise ValueError(f"config.{key}: {name!r}: {e}") from None
     epochs = tuple(config.grad_var_checkpoint_epochs)
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs):
         raise ValueError(f"config.grad_var_checkpoint_epochs must be epochs >= 1; got {epochs!r}")
     steps = config.grad_var_warmup_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"config.grad_var_warmup_steps must be an int >= 1; got {steps!r}")
-    for name in {*names, config.grad_var_reference}:
-        vae.validate(sub_config(config, name))
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) -> dict:
@@ -113,7 +126,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     workdir = Path(workdir)
     results = []
     for name in config.estimators:
-        sub = workdir / name
+        sub = workdir / run_dir(name)
         cfg = sub_config(config, name)
         if resume and (sub / "results.json").exists():
             print(f"{name}: finished earlier, skipped", file=sys.stderr)
@@ -150,7 +163,7 @@ def _diverged_row(config, sub: Path, message: str) -> dict[str, Any]:
         "estimator": config.estimator,
         "diverged": True,
         "message": message,
-        "num_samples": config.num_samples if config.estimator in MULTI_SAMPLE else 1,
+        "num_samples": train.num_samples(config, train.make_estimator(config)),
         "epochs": len(rows),
     }
 
@@ -226,10 +239,10 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
         file=sys.stderr,
     )
     states = _reference_states(config, ref_setup, ref_state, train_x, epochs)
-    match = _replay_matches_run(workdir / ref, states[epochs[-1]], epochs[-1])
+    match = _replay_matches_run(workdir / run_dir(ref), states[epochs[-1]], epochs[-1])
     if match is False:
         raise RuntimeError(
-            f"the replayed {ref} run differs from {workdir / ref}'s final checkpoint: the "
+            f"the replayed {ref} run differs from {workdir / run_dir(ref)}'s final checkpoint: the "
             "protocol's parameters would not be the reference run's; rerun with --overwrite"
         )
 
@@ -260,7 +273,7 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
             row: dict[str, Any] = {
                 "estimator": name,
                 "epoch": epoch,
-                "objective": OBJECTIVE if name in OTHER_OBJECTIVE else "ELBO",
+                "objective": OBJECTIVE if setup.est.objective != "mean" else "ELBO",
                 "finite": finite,
             }
             if finite:
@@ -268,7 +281,7 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
             else:
                 row.update(samples_per_example=setup.num_samples, num_estimates=num_estimates)
             row["mean_grad_norm"] = float(out["mean_grad_norm"])
-            row["baseline_warmup_steps"] = steps if name in STATEFUL else 0
+            row["baseline_warmup_steps"] = steps if setup.stateful else 0
             row["params_sha256"] = params_hash
             row["batch_sha256"] = batch_hash
             row["key_data"] = np.asarray(jax.random.key_data(k_var)).tolist()
@@ -316,11 +329,13 @@ def _num(value: float, se: float | None = None) -> str:
     return text if se is None else f"{text} ± {se:.2g}"
 
 
-def _label(name: str) -> str:
-    return f"{name} †" if name in OTHER_OBJECTIVE else name
+def _label(name: str, other: Collection[str]) -> str:
+    return f"{name} †" if name in other else name
 
 
-def _table_rows(results, protocol) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+def _table_rows(
+    results, protocol, other: Collection[str]
+) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
     epochs = protocol["checkpoint_epochs"] if protocol else []
     ref = protocol["reference"] if protocol else None
     header = [
@@ -339,10 +354,10 @@ def _table_rows(results, protocol) -> tuple[list[str], list[list[str]], list[dic
     for r in results:
         name = r["estimator"]
         diverged = r.get("diverged", False)
-        cells = [_label(name), str(r["num_samples"])]
+        cells = [_label(name, other), str(r["num_samples"])]
         record: dict[str, Any] = {
             "estimator": name,
-            "objective": OBJECTIVE if name in OTHER_OBJECTIVE else "ELBO",
+            "objective": OBJECTIVE if name in other else "ELBO",
             "samples_per_example": r["num_samples"],
             "diverged": diverged,
         }
@@ -391,7 +406,7 @@ def _table_rows(results, protocol) -> tuple[list[str], list[list[str]], list[dic
     return header, md, flat
 
 
-def _note(results, protocol) -> str:
+def _note(results, protocol, other: Collection[str]) -> str:
     first = next((r for r in results if not r.get("diverged")), None)
     parts = []
     if first is not None:
@@ -421,21 +436,31 @@ def _note(results, protocol) -> str:
             f"{p['baseline_warmup_steps']} steps at the checkpoint's fixed parameters "
             "(read, then update, as in training) from their initial state."
         )
+    iwae = (
+        f"† {', '.join(sorted(other))}: the gradient of the IWAE bound, a different objective: "
+        "its variance is not comparable with the ELBO-gradient estimators'. "
+        if other
+        else ""
+    )
     parts.append(
-        "† iwae's gradient is that of the IWAE bound, a different objective: its variance is "
-        "not comparable with the ELBO-gradient estimators'. A diverged run (NaN/inf loss) is "
-        "reported as diverged; the variance protocol does not depend on it."
+        f"{iwae}A diverged run (NaN/inf loss) is reported as diverged; the variance protocol "
+        "does not depend on it."
     )
     return "\n\n".join(parts)
 
 
-def write_tables(workdir: Path, results: list[dict[str, Any]], protocol=None) -> None:
+def write_tables(
+    workdir: Path,
+    results: list[dict[str, Any]],
+    protocol: dict[str, Any] | None = None,
+    other: Collection[str] = (),
+) -> None:
     """``table.md``/``table.csv`` (training results and the protocol's per-sample variances)
     and ``grad_variance.md``/``grad_variance.csv`` (every protocol figure)."""
-    header, md, flat = _table_rows(results, protocol)
+    header, md, flat = _table_rows(results, protocol, other)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in md]
-    note = _note(results, protocol)
+    note = _note(results, protocol, other)
     atomic_write_text(workdir / "table.md", "\n".join(lines) + "\n\n" + note + "\n")
     atomic_write_text(workdir / "table.csv", _csv(flat))
     if protocol:
@@ -455,15 +480,14 @@ def write_tables(workdir: Path, results: list[dict[str, Any]], protocol=None) ->
             "params_sha256",
             "batch_sha256",
         ]
-        rows = sorted(
-            protocol["rows"], key=lambda r: (r["epoch"], ESTIMATORS.index(r["estimator"]))
-        )
+        rows = sorted(protocol["rows"], key=lambda r: r["epoch"])  # stable: the run's order
         atomic_write_text(workdir / "grad_variance.csv", _csv(rows, keys))
         head = ["epoch", "estimator", "K", "M", "variance of one estimate", "per sample (× K)"]
         head.append(f"× {protocol['reference']}")
         out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
         for r in rows:
-            cells = [str(r["epoch"]), _label(r["estimator"]), str(r["samples_per_example"])]
+            cells = [str(r["epoch"]), _label(r["estimator"], other)]
+            cells.append(str(r["samples_per_example"]))
             cells.append(str(r["num_estimates"]))
             if r["finite"]:
                 cells += [
@@ -495,17 +519,18 @@ def plot(workdir: Path) -> list[Path]:
     curves of all estimators, from the saved results only."""
     workdir = Path(workdir)
     config = read_json(workdir / "config.json")
+    other = other_objective(config_from_dict(config))
     runs = {
-        name: plots.read_rows(workdir / name)
+        name: plots.read_rows(workdir / run_dir(name))
         for name in config["estimators"]
-        if (workdir / name / "metrics.jsonl").exists()
+        if (workdir / run_dir(name) / "metrics.jsonl").exists()
     }
     title = f"{config['dataset']}, all estimators"
-    paths = plots.plot_curves(workdir, runs, title=title) if runs else []
+    paths = plots.plot_curves(workdir, runs, title=title, other_objective=other) if runs else []
     protocol = None
     if (workdir / "grad_variance.json").exists():
         protocol = read_json(workdir / "grad_variance.json")
         paths += plots.plot_protocol_variance(workdir, protocol, title=config["dataset"])
     if (workdir / "results.json").exists():
-        write_tables(workdir, read_json(workdir / "results.json"), protocol)
+        write_tables(workdir, read_json(workdir / "results.json"), protocol, other)
     return paths

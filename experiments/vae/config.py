@@ -2,15 +2,22 @@
 
 import ml_collections
 
-# Every estimator of the encoder's gradient the VAE runners know (see `experiments/vae/train.py`).
-ESTIMATORS = (
+# The estimators the comparison trains by default: registry specs (`estimators.registry`); any
+# other spec or importable path "pkg.mod:attr" goes in --config.estimators as well.
+COMPARED = (
     "pathwise",
     "score_function",
-    "score_function_moving_average",
-    "score_function_loo",
-    "score_function_nvil",
+    "score_function+moving_average",
+    "score_function+loo",
+    "score_function+nvil",
     "iwae",
 )
+# The names the runner used before the registry, still accepted (old configs and workdirs).
+RENAMED = {
+    "score_function_moving_average": "score_function+moving_average",
+    "score_function_loo": "score_function+loo",
+    "score_function_nvil": "score_function+nvil",
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -30,12 +37,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.hidden = (400,)
     config.latent_dim = 20
     config.activation = "relu"
-    # Estimator of the encoder's gradient: pathwise, score_function,
-    # score_function_moving_average, score_function_loo, score_function_nvil, iwae.
+    # Estimator of the encoder's gradient: a registry spec (pathwise, score_function,
+    # score_function+moving_average, score_function+loo, score_function+nvil, iwae, or any
+    # other composition) or an importable path "pkg.mod:attr".
     config.estimator = "pathwise"
-    config.num_samples = 5  # K, used by score_function_loo and iwae only
-    config.ma_decay = 0.99
-    config.baseline_hidden = (100,)  # NVIL's b(x)
+    config.num_samples = 5  # K, for estimators that use their samples jointly (loo, iwae)
+    config.ma_decay = 0.99  # the moving average's decay (moving_average, nvil)
+    config.baseline_hidden = (100,)  # NVIL's b(x), the learned baseline's network
     config.baseline_learning_rate = 1e-3
     # Training.
     config.batch_size = 128
@@ -73,7 +81,7 @@ def comparison(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``config`` turned into a ``vae.compare`` config that trains every estimator in turn."""
     config.runner = "vae.compare"
     del config["estimator"]
-    config.estimators = ESTIMATORS
+    config.estimators = COMPARED
     # The variance protocol: every estimator at the SAME parameters, the reference estimator's
     # run at the end of these epochs and of the last (an epoch past num_epochs means the last),
     # on the same batch (grad_var_batch_size) with the same grad_var_num_estimates keys.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,15 @@ def plot_run(workdir: Path, config: dict[str, Any], rows: list[dict[str, Any]]) 
     return paths
 
 
-def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: str) -> list[Path]:
-    """ELBO curves, and each run's gradient variance at its OWN parameters, one plot each."""
+def plot_curves(
+    workdir: Path,
+    runs: dict[str, list[dict[str, Any]]],
+    *,
+    title: str,
+    other_objective: Collection[str] = (),
+) -> list[Path]:
+    """ELBO curves, and each run's gradient variance at its OWN parameters, one plot each;
+    the runs named in ``other_objective`` (IWAE-bound gradients) are marked †."""
     plt = _pyplot()
     paths = []
     finals = {
@@ -125,7 +133,7 @@ def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: 
         if gv:
             ep, v, se = (np.asarray(c) for c in zip(*gv, strict=True))
             n = rows[-1].get("own_params_grad_var_num_estimates", "?")
-            label = f"{name} (M = {n})" + (" †" if name == "iwae" else "")
+            label = f"{name} (M = {n})" + (" †" if name in other_objective else "")
             ax.errorbar(ep, v, yerr=se, fmt="o-", ms=3, capsize=2, label=label)
             drawn = True
     if drawn:
@@ -134,7 +142,7 @@ def plot_curves(workdir: Path, runs: dict[str, list[dict[str, Any]]], *, title: 
     ax.set_ylabel("per-sample variance of the encoder gradient\n(trace, × K), ± jackknife SE")
     ax.set_title(
         f"{title}: at each run's OWN parameters and baseline state\n"
-        "(not comparable across estimators; † iwae: gradient of the IWAE bound)",
+        "(not comparable across estimators; †: gradient of the IWAE bound)",
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)

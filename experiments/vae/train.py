@@ -1,28 +1,36 @@
-"""VAE training with each gradient estimator for the encoder: losses, the jitted epoch, evaluation.
+"""VAE training with any registered gradient estimator for the encoder: losses, the jitted
+epoch, evaluation.
 
-The encoder's gradient comes from the surrogate objectives of ``estimators`` applied, per
-example, to the cost ``f(z) = -log p(x|z)`` under ``q(z|x)``; the analytic KL is added outside
-the estimator (its gradient is exact). The decoder's gradient is exact in every case: the cost
-depends on the decoder's weights directly and the surrogates pass that dependence through.
+The estimator is a registry spec (``estimators.registry``): ``"pathwise"``,
+``"score_function"``, ``"score_function+moving_average"``, ``"score_function+loo"``,
+``"score_function+nvil"``, ``"iwae"``, any other composition, or an importable path
+``"pkg.mod:attr"``. Per example ``x`` its surrogate is applied to the encoder's parameters of
+``q(z|x)`` (the model's latent family), with ``context=x``:
 
-    pathwise                       pathwise_surrogate, one sample per example
-    score_function                 score_function_surrogate, no baseline
-    score_function_moving_average  ... baseline = moving average of past batches' mean cost
-    score_function_loo             ... K samples per example, leave-one-out baseline
-    score_function_nvil            ... baseline = moving average + b_psi(x), an MLP trained by
-                                   regression on the (stopped) cost (Mnih & Gregor 2014)
-    iwae                           pathwise_surrogate of -log (1/K) sum_k w_k under q(z|x)^K
+- an estimator of objective ``"mean"`` gets the cost ``f(z) = -log p(x|z)``; the latent
+  family's closed-form KL is added outside the estimator (its gradient is exact), so the loss
+  is the negative ELBO;
+- an estimator of objective ``"log_mean_exp"`` (IWAE) gets ``f(z) = -log w(z) = -log p(x, z)
+  + log q(z|x)``, and the loss is the negative importance-weighted bound.
+
+``K = config.num_samples`` samples per example for estimators that use their samples jointly
+(``multi_sample``: leave-one-out, IWAE), one otherwise. The decoder's gradient is exact in
+every case: the cost depends on the decoder's weights directly and the surrogates pass that
+dependence through. An estimator's state (a moving average; NVIL's baseline network, built
+here and handed to the registry as its ``nvil`` option) is ``state["estimator"]``: the batch's
+estimate reads it, then ``est.update(state, costs [B], context=xs [B, D])`` folds in the
+batch's stopped costs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -30,14 +38,10 @@ from flax import nnx
 import estimators
 import models
 
-from .config import ESTIMATORS
+from .config import RENAMED
 
 Array = jax.Array
 PyTree = Any
-
-MULTI_SAMPLE = ("score_function_loo", "iwae")  # use config.num_samples = K > 1 samples
-STATEFUL = ("score_function_moving_average", "score_function_nvil")  # baselines with a state
-OTHER_OBJECTIVE = ("iwae",)  # the gradient of the IWAE bound, not of the ELBO
 
 
 class TrainingDiverged(ValueError):
@@ -48,20 +52,53 @@ class TrainingDiverged(ValueError):
 class Setup:
     """The static pieces of a training run (they fix the traced program)."""
 
-    estimator: str
-    num_samples: int  # K for MULTI_SAMPLE estimators, else 1
+    estimator: str  # the spec, as the config names it
+    est: estimators.GradientEstimator
+    num_samples: int  # K for estimators that use their samples jointly, else 1
     batch_size: int
     num_batches: int
     dynamic: bool  # dynamic binarisation inside the scan
-    ma_decay: float
     graphdef: Any
     optimizer: optax.GradientTransformation
-    baseline_graphdef: Any = None
-    baseline_optimizer: optax.GradientTransformation | None = None
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the estimator carries state (a moving average, a learned baseline)."""
+        return bool(jax.tree.leaves(self.est.init()))
 
 
-def init_state(config, data_dim: int, key: Array) -> tuple[Setup, PyTree]:
-    """The ``Setup`` (minus batch counts) pieces and the initial training state pytree."""
+def spec(name: str) -> str:
+    """The registry spec of ``name``: itself, or for a name of the runner's before the
+    registry (``score_function_nvil``), the spec it meant (``score_function+nvil``)."""
+    return RENAMED.get(name, name)
+
+
+def _unbuilt_network(net_params: PyTree, context: Any) -> Array:
+    raise RuntimeError("the NVIL baseline network was not built (estimator described only)")
+
+
+def make_estimator(
+    config: ml_collections.ConfigDict, network: tuple[Any, ...] | None = None
+) -> estimators.GradientEstimator:
+    """``estimators.registry.get(spec(config.estimator), ...)`` with the runner's options:
+    ``moving_average_decay = config.ma_decay`` and ``nvil = network``, the learned baseline's
+    ``(apply, params, optimizer)`` (see :func:`init_state`). Without ``network`` the estimator
+    is only described (validation, labels): its learned baseline, if any, cannot run."""
+    if network is None:
+        network = (_unbuilt_network, {}, optax.sgd(0.0))
+    return estimators.registry.get(
+        spec(config.estimator), moving_average_decay=config.ma_decay, nvil=network
+    )
+
+
+def num_samples(config: ml_collections.ConfigDict, est: estimators.GradientEstimator) -> int:
+    """``K``: ``config.num_samples`` for an estimator that uses its samples jointly, else 1."""
+    return int(config.num_samples) if est.multi_sample else 1
+
+
+def init_state(config, data_dim: int, key: Array) -> tuple[dict[str, Any], PyTree]:
+    """The ``Setup`` pieces ``{"est", "graphdef", "optimizer"}`` and the initial training state
+    ``{"params", "opt", "estimator", "step"}`` (``"estimator"``: ``est.init()``)."""
     k_model, k_base = jax.random.split(key)
 
     def build_module(k):
@@ -76,149 +113,103 @@ def init_state(config, data_dim: int, key: Array) -> tuple[Setup, PyTree]:
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_module(k_model)))
     params = jax.jit(lambda k: nnx.split(build_module(k))[1])(k_model)  # one compilation
     optimizer = optax.adam(config.learning_rate)
+    est = make_estimator(config, _baseline_network(config, data_dim, k_base))
     state = {
         "params": params,
         "opt": optimizer.init(params),
-        "ma": estimators.moving_average_init(),
-        "bparams": {},
-        "bopt": {},
+        "estimator": est.init(),
         "step": jnp.zeros((), jnp.int32),
     }
-    bgraphdef = bopt = None
-    if config.estimator == "score_function_nvil":
-
-        def build_baseline(k):
-            sizes = (data_dim, *tuple(config.baseline_hidden), 1)
-            return models.MLP(sizes, "tanh", rngs=nnx.Rngs(params=k))
-
-        bgraphdef, _ = nnx.split(nnx.eval_shape(lambda: build_baseline(k_base)))
-        bparams = jax.jit(lambda k: nnx.split(build_baseline(k))[1])(k_base)
-        bopt = optax.adam(config.baseline_learning_rate)
-        state["bparams"], state["bopt"] = bparams, bopt.init(bparams)
-    pieces = {
-        "graphdef": graphdef,
-        "optimizer": optimizer,
-        "baseline_graphdef": bgraphdef,
-        "baseline_optimizer": bopt,
-    }
-    return pieces, state
+    return {"est": est, "graphdef": graphdef, "optimizer": optimizer}, state
 
 
-def _example_loss(
-    model: models.VAE, x: Array, key: Array, baseline: Array, *, estimator: str, num_samples: int
+def _baseline_network(config, data_dim: int, key: Array) -> tuple[Any, PyTree, Any]:
+    """NVIL's ``b_psi(x)``: an MLP ``data_dim -> baseline_hidden -> 1`` (tanh) as ``(apply,
+    params, optimizer)`` for the registry's ``nvil`` option. Its parameters enter the state
+    only if the estimator uses a learned baseline (through ``est.init()``)."""
+
+    def build(k):
+        sizes = (data_dim, *tuple(config.baseline_hidden), 1)
+        return models.MLP(sizes, "tanh", rngs=nnx.Rngs(params=k))
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(key)))
+    params = jax.jit(lambda k: nnx.split(build(k))[1])(key)
+
+    def apply(net_params: PyTree, x: Array) -> Array:  # ONE input x: [D] -> []
+        return nnx.merge(graphdef, net_params)(x)[0]
+
+    return apply, params, optax.adam(config.baseline_learning_rate)
+
+
+def example_loss(
+    setup: Setup, model: models.VAE, x: Array, key: Array, est_state: PyTree
 ) -> tuple[Array, Array]:
-    """Surrogate loss for one example ``x: [D]`` and its (stopped) cost: ``([], [])``.
+    """Surrogate loss for one example ``x: [D]`` and its stopped cost: ``([], [])``.
 
-    The loss's value is the negative ELBO estimate (negative IWAE bound for ``iwae``); its
-    gradient is the chosen estimator's. ``baseline: []`` is used by the baselined estimators.
+    The loss's value is the negative ELBO estimate (negative IWAE bound for an estimator of
+    objective ``"log_mean_exp"``); its gradient is the estimator's. The cost is the surrogate's
+    stopped value without the KL: the Monte Carlo estimate of ``E_q[f]`` that ``est.update``
+    receives.
     """
     enc = model.encoder_params(x)
-    q = model.latent.posterior
+    est, k = setup.est, setup.num_samples
+    if est.objective == "log_mean_exp":
+
+        def neg_log_weight(z: Array) -> Array:
+            return -models.log_weight(model, x, enc, z)
+
+        s = est.surrogate(
+            neg_log_weight,
+            enc,
+            model.latent.posterior,
+            key,
+            num_samples=k,
+            state=est_state,
+            context=x,
+        )
+        return s, jax.lax.stop_gradient(s)
 
     def cost(z: Array) -> Array:
         return -models.bernoulli_log_likelihood(model.decode(z), x)
 
-    if estimator == "pathwise":
-        s = estimators.pathwise_surrogate(cost, enc, q, key, num_samples=1)
-    elif estimator == "score_function":
-        s = estimators.score_function_surrogate(cost, enc, q, key, num_samples=1)
-    elif estimator in ("score_function_moving_average", "score_function_nvil"):
-        s = estimators.score_function_surrogate(cost, enc, q, key, num_samples=1, baseline=baseline)
-    elif estimator == "score_function_loo":
-        s = estimators.score_function_surrogate(
-            cost,
-            enc,
-            q,
-            key,
-            num_samples=num_samples,
-            baseline=estimators.leave_one_out_baseline,
-        )
-    elif estimator == "iwae":
-
-        def neg_bound(zs: Array) -> Array:  # zs: [K, L], one draw of q(z|x)^K
-            logw = jax.vmap(lambda z: models.log_weight(model, x, enc, z))(zs)
-            return -(jax.nn.logsumexp(logw) - math.log(num_samples))
-
-        def q_k(p: dict[str, Array]) -> estimators.Distribution:
-            return q({k: jnp.broadcast_to(v, (num_samples, *v.shape)) for k, v in p.items()})
-
-        s = estimators.pathwise_surrogate(neg_bound, enc, q_k, key, num_samples=1)
-        return s, jax.lax.stop_gradient(s)
-    else:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+    s = est.surrogate(
+        cost, enc, model.latent.posterior, key, num_samples=k, state=est_state, context=x
+    )
     return s + model.latent.kl(enc), jax.lax.stop_gradient(s)
-
-
-def _baseline_values(setup: Setup, state: PyTree, xs: Array) -> Array:
-    """``[B]`` per-example baselines (zeros where unused)."""
-    b = estimators.moving_average_baseline(state["ma"])
-    if setup.estimator == "score_function_nvil":
-        bnet = nnx.merge(setup.baseline_graphdef, state["bparams"])
-        return b + bnet(xs)[:, 0]
-    return jnp.broadcast_to(b, xs.shape[:1])
 
 
 def batch_loss(
     setup: Setup, params: PyTree, state: PyTree, xs: Array, key: Array
-) -> tuple[Array, tuple[Array, Array]]:
-    """Mean surrogate loss over a batch ``xs: [B, D]`` and ``(costs [B], baselines [B])``.
-
-    ``costs`` are the per-example stopped costs; ``baselines`` the per-example baselines the
-    estimate used, read from ``state`` (zeros for estimators without one).
-    """
+) -> tuple[Array, Array]:
+    """Mean surrogate loss over a batch ``xs: [B, D]`` and the per-example stopped costs
+    ``[B]``; the estimator reads ``state["estimator"]`` (never updates it)."""
     model = nnx.merge(setup.graphdef, params)
-    baselines = _baseline_values(setup, state, xs)
     keys = jax.random.split(key, xs.shape[0])
-    losses, costs = jax.vmap(
-        lambda x, k, b: _example_loss(
-            model, x, k, b, estimator=setup.estimator, num_samples=setup.num_samples
-        )
-    )(xs, keys, baselines)
-    return jnp.mean(losses), (costs, baselines)
-
-
-def _update_baselines(setup: Setup, state: PyTree, xs: Array, costs: Array) -> dict[str, Any]:
-    """The baseline state after the batch ``xs: [B, D]`` with stopped costs ``costs: [B]``.
-
-    Called only AFTER the batch's estimate was formed with :func:`_baseline_values` of ``state``
-    (the old state), so no baseline depends on the costs it is paired with. NVIL's network
-    regresses ``costs - old moving average`` on ``x`` (one Adam step); the moving average then
-    folds in the batch's mean cost. Returns ``{"ma", "bparams", "bopt"}``.
-    """
-    out = {"ma": state["ma"], "bparams": state["bparams"], "bopt": state["bopt"]}
-    if setup.estimator == "score_function_nvil":
-        ma = estimators.moving_average_baseline(state["ma"])
-
-        def regression(bp):
-            bnet = nnx.merge(setup.baseline_graphdef, bp)
-            return jnp.mean(jnp.square(costs - ma - bnet(xs)[:, 0]))
-
-        bgrads = jax.grad(regression)(state["bparams"])
-        bupd, bopt = setup.baseline_optimizer.update(bgrads, state["bopt"], state["bparams"])
-        out["bparams"] = optax.apply_updates(state["bparams"], bupd)
-        out["bopt"] = bopt
-    out["ma"] = estimators.moving_average_update(state["ma"], costs, decay=setup.ma_decay)
-    return out
+    losses, costs = jax.vmap(lambda x, k: example_loss(setup, model, x, k, state["estimator"]))(
+        xs, keys
+    )
+    return jnp.mean(losses), costs
 
 
 def train_step_with_aux(
     setup: Setup, state: PyTree, xs: Array, key: Array
 ) -> tuple[PyTree, Array, dict[str, Array]]:
-    """:func:`train_step`, also returning ``{"baselines": [B], "costs": [B]}`` of the batch.
+    """:func:`train_step`, also returning ``{"costs": [B]}``, the batch's stopped costs.
 
-    ``baselines`` are the per-example baselines the estimate used (read from the OLD state,
-    before the batch's costs update it); ``costs`` the batch's stopped costs.
+    The estimate reads the OLD estimator state; only then does ``est.update`` fold in the
+    batch's costs (with the batch as context), so no baseline depends on the costs it is
+    paired with.
     """
-    (loss, (costs, baselines)), grads = jax.value_and_grad(
+    (loss, costs), grads = jax.value_and_grad(
         lambda p: batch_loss(setup, p, state, xs, key), has_aux=True
     )(state["params"])
     updates, opt = setup.optimizer.update(grads, state["opt"], state["params"])
     new = dict(state)
     new["params"] = optax.apply_updates(state["params"], updates)
     new["opt"] = opt
-    new.update(_update_baselines(setup, state, xs, costs))
+    new["estimator"] = setup.est.update(state["estimator"], costs, context=xs)
     new["step"] = state["step"] + 1
-    return new, loss, {"baselines": baselines, "costs": costs}
+    return new, loss, {"costs": costs}
 
 
 def train_step(setup: Setup, state: PyTree, xs: Array, key: Array) -> tuple[PyTree, Array]:
@@ -355,12 +346,12 @@ def make_warm_baselines(setup: Setup, num_steps: int, batch_size: int):
 
     ``num_steps`` steps, each on a batch of ``batch_size`` random training images (binarised
     with its own key when ``setup.dynamic``): the estimate's costs are formed with the current
-    baseline state, then :func:`_update_baselines` updates it, exactly as in training, but the
+    baseline state, then ``est.update`` updates it, exactly as in training, but the
     VAE's parameters stay fixed. For a stateless estimator the state comes back unchanged.
     """
 
     def warm(state, train, key):
-        if setup.estimator not in STATEFUL:
+        if not setup.stateful:
             return state
 
         def body(st, k):
@@ -368,9 +359,9 @@ def make_warm_baselines(setup: Setup, num_steps: int, batch_size: int):
             xs = train[jax.random.randint(k_idx, (batch_size,), 0, train.shape[0])]
             if setup.dynamic:
                 xs = jax.random.bernoulli(k_bin, xs).astype(xs.dtype)
-            _, (costs, _) = batch_loss(setup, st["params"], st, xs, k_est)
+            _, costs = batch_loss(setup, st["params"], st, xs, k_est)
             new = dict(st)
-            new.update(_update_baselines(setup, st, xs, costs))
+            new["estimator"] = setup.est.update(st["estimator"], costs, context=xs)
             return new, None
 
         state, _ = jax.lax.scan(body, state, jax.random.split(key, num_steps))
