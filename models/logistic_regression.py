@@ -10,10 +10,12 @@ the expected log-likelihood estimated by Monte Carlo, the KL in closed form. Eve
 pure and written for one weight sample ``w: [D]``; ``features: [B, D]``, ``labels: [B]`` (0/1
 floats). A minibatch log-likelihood is scaled to the full data set with ``scale = N_data / B``.
 
-:func:`log_likelihood_measure_valued` is :func:`estimators.measure_valued` given a fast
-evaluator of this cost (:func:`perturbed_log_likelihoods`): the cost depends on ``w`` only
-through the logits ``X w``, so replacing one coordinate changes every logit by
-``X[:, d] * delta`` and a perturbed cost costs ``O(B)`` instead of ``O(B D)``
+:func:`log_likelihood_cost` is the log-likelihood as a cost that carries its fast coordinate
+evaluator (:func:`perturbed_log_likelihoods`, through :func:`estimators.with_coordinate_costs`):
+the cost depends on ``w`` only through the logits ``X w``, so replacing one coordinate changes
+every logit by ``X[:, d] * delta`` and a perturbed cost costs ``O(B)`` instead of ``O(B D)``.
+Every estimator takes it as an ordinary cost; the measure-valued one (from
+``estimators.registry`` or :func:`estimators.measure_valued`) uses the fast evaluator
 (tests/test_blr_model.py checks it against the plain cost to rounding).
 """
 
@@ -39,7 +41,8 @@ def _matmul(a: Array, b: Array) -> Array:
     return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-# Elements of the perturbed-logit tensor processed per vectorised step.
+# Elements of the perturbed-logit tensor the measure-valued evaluator processes per vectorised
+# step (see _in_chunks).
 _CHUNK_ELEMENTS = 2**20
 
 
@@ -114,7 +117,7 @@ def evaluate(
 def perturbed_log_likelihoods(
     features: Array, labels: Array, scale: float | Array = 1.0
 ) -> estimators.CoordinateCostFn:
-    r"""Fast ``coordinate_costs`` for :func:`estimators.measure_valued` of :func:`log_likelihood`.
+    r"""The fast coordinate evaluator of :func:`log_likelihood` (see :func:`log_likelihood_cost`).
 
     With :math:`z = X w` and coordinate ``d`` set to ``v``, the log-likelihood is
     :math:`s\,(y^\top z + (y^\top X)_d (v - w_d) - \sum_n \mathrm{softplus}(z_n + X_{nd}(v -
@@ -138,55 +141,55 @@ def perturbed_log_likelihoods(
     return costs
 
 
-def log_likelihood_measure_valued(
-    params: Params,
-    features: Array,
-    labels: Array,
-    key: Array,
-    *,
-    num_samples: int,
-    coupling: bool = True,
-    scale: float | Array = 1.0,
-) -> Params:
-    r"""Per-sample measure-valued estimates of :math:`\nabla E_q[\log p(y \mid X, w)]`.
+def _in_chunks(costs: estimators.CoordinateCostFn, dim: int, batch: int):
+    """``costs`` that, when vmapped over samples, runs over them ``chunk`` at a time.
 
-    ``estimators.measure_valued(lambda w: log_likelihood(w, features, labels, scale), params,
-    posterior, key, num_samples=..., coupling=...)`` with the fast evaluator
-    :func:`perturbed_log_likelihoods`, so ``O(B)`` per perturbed cost:
-    with :math:`z = X w` and coordinate ``d`` replaced by ``v``, the cost is
-    :math:`\sum_n \ell_n(z_n + X_{nd}(v - w_d))`. For each sample and coordinate,
-    :math:`\hat g_{\mu_d} = (f^+ - f^-) / (\sigma_d \sqrt{2\pi})` (Weibull parts) and
-    :math:`\hat g_{\sigma_d} = (f^+ - f^-) / \sigma_d` (Maxwell / Gaussian parts), and
-    :math:`\hat g_{s_d} = \sigma_d \hat g_{\sigma_d}` for the log-scale.
+    The measure-valued estimator vmaps the evaluator over its samples; all at once, the
+    ``[samples, 4, D, B]`` perturbed logits fall out of cache (100 samples on the full data:
+    28 MB, several times slower). Vmapped over ``n`` samples, this evaluates them in chunks of
+    the largest divisor of ``n`` with at most ``_CHUNK_ELEMENTS`` elements (a divisor: one
+    compiled loop body). The values are those of ``costs`` on each sample.
+    """
+
+    @jax.custom_batching.custom_vmap
+    def chunked(w: Array, values: Array) -> Array:
+        return costs(w, values)
+
+    @chunked.def_vmap
+    def _vmapped(axis_size: int, in_batched: list[bool], w: Array, values: Array):
+        w_batched, values_batched = in_batched
+        w = w if w_batched else jnp.broadcast_to(w, (axis_size, *w.shape))
+        if not values_batched:
+            values = jnp.broadcast_to(values, (axis_size, *values.shape))
+        limit = max(1, min(axis_size, _CHUNK_ELEMENTS // (values.shape[-2] * dim * batch)))
+        chunk = max(c for c in range(1, limit + 1) if axis_size % c == 0)
+        return jax.lax.map(lambda a: costs(*a), (w, values), batch_size=chunk), True
+
+    return chunked
+
+
+def log_likelihood_cost(
+    features: Array, labels: Array, scale: float | Array = 1.0
+) -> estimators.StructuredCost:
+    r"""The cost ``w -> log_likelihood(w, features, labels, scale)``, carrying its fast
+    coordinate evaluator :func:`perturbed_log_likelihoods`.
+
+    Every estimator takes it as the plain cost (calling it calls :func:`log_likelihood`);
+    :func:`estimators.measure_valued` (and the registry's ``"measure_valued"``, inside
+    ``with_control_variate`` too) evaluates its ``4 D`` perturbed costs per sample with the
+    evaluator, ``O(B)`` each: with :math:`z = X w` and coordinate ``d`` replaced by ``v``, the
+    cost is :math:`\sum_n \ell_n(z_n + X_{nd}(v - w_d))`. Vmapped over samples, the evaluator
+    runs over them in chunks that keep its ``[chunk, 4, D, B]`` intermediate near 2**20
+    elements.
 
     Args:
-      params: ``{"loc": [D], "log_scale": [D]}``.
       features: ``[B, D]``; labels: ``[B]``; scale: as :func:`log_likelihood`.
-      key: PRNG key; sample ``i`` is drawn from ``jax.random.split(key, num_samples)[i]``.
-      num_samples: number of samples (static).
-      coupling: share the random numbers of the positive and negative parts.
 
     Returns:
-      ``{"loc": [num_samples, D], "log_scale": [num_samples, D]}``. Memory
-      ``O(chunk * 4 * D * B)``, samples processed ``chunk`` at a time (about 2**20 elements).
+      A cost ``(w: [D]) -> []`` (an :class:`estimators.StructuredCost`).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(
-            f"log_likelihood_measure_valued: num_samples must be a Python int >= 1; "
-            f"got {num_samples!r}"
-        )
-    # Chunks of samples keep the [chunk, 4, D, B] intermediate in cache; a chunk size that
-    # divides num_samples compiles one loop body (no remainder), about half the compile time.
-    dim, batch = features.shape[1], features.shape[0]
-    limit = max(1, min(num_samples, _CHUNK_ELEMENTS // (4 * dim * batch)))
-    chunk = max(c for c in range(1, limit + 1) if num_samples % c == 0)
-    return estimators.measure_valued(
+    batch, dim = features.shape
+    return estimators.with_coordinate_costs(
         lambda w: log_likelihood(w, features, labels, scale),
-        params,
-        posterior,
-        key,
-        num_samples=num_samples,
-        coupling=coupling,
-        samples_per_step=chunk,
-        coordinate_costs=perturbed_log_likelihoods(features, labels, scale),
+        _in_chunks(perturbed_log_likelihoods(features, labels, scale), dim, batch),
     )

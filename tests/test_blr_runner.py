@@ -38,7 +38,7 @@ CASES = {
     "fig9": TINY
     + [
         "variance_samples=8",
-        "variants=('score_function_moving_average',)",
+        "variants=('score_function+moving_average',)",
         "figures=('fig9',)",  # fig8 (drawn from the fig9 run too) needs two more variants
     ],
     "fig11": TINY + ["variants=('score_function',)", "sweep_values=(3,)"],
@@ -105,7 +105,10 @@ def test_all_variants_through_runner(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("variants=('pathwise', 'reinforce')", "unknown variant"),
+        ("variants=('pathwise', 'reinforce')", "'reinforce' is not an estimator"),
+        ("variants=('pathwise', 'pathwise+loo')", "'loo' changes only estimators that take"),
+        ("variants=('iwae',)", "objective 'log_mean_exp'"),
+        ("variants=('pathwise', 'tests_nowhere:estimator')", "cannot import module"),
         ("learning_rate=0.0", "learning_rate"),
         ("learning_rate=-1e-3", "learning_rate"),
         ("batch_size=570", "batch_size"),
@@ -243,7 +246,7 @@ def test_moving_average_baseline_is_read_before_its_update():
     same step with the labels flipped, so different costs, uses -30 too); the state is updated
     afterwards with those costs; the SGD step equals the independent computation with b = -30
     and not the one with the updated baseline (that check's margin is printed in the assert)."""
-    settings = _settings("score_function_moving_average")
+    settings = _settings("score_function+moving_average")
     state = estimators.MovingAverage(jnp.asarray(-15.0), jnp.asarray(3), jnp.asarray(0.5))
     b_old = float(estimators.moving_average_baseline(state))
     assert b_old == -30.0
@@ -270,9 +273,9 @@ def test_moving_average_baseline_is_read_before_its_update():
     step = jax.jit(lambda c, xs: blr_train._train_step(settings, features, labels, c, xs))
     new, _ = step(carry, (idx, key))
     d = settings.moving_average_decay
-    np.testing.assert_allclose(new.moving_average.value, d * -15.0 + (1 - d) * costs.mean(), 1e-5)
-    np.testing.assert_allclose(new.moving_average.total_weight, d * 0.5 + (1 - d), 1e-6)
-    b_new = float(estimators.moving_average_baseline(new.moving_average))
+    np.testing.assert_allclose(new.state.value, d * -15.0 + (1 - d) * costs.mean(), 1e-5)
+    np.testing.assert_allclose(new.state.total_weight, d * 0.5 + (1 - d), 1e-6)
+    b_new = float(estimators.moving_average_baseline(new.state))
 
     def expected_params(b: float) -> dict[str, np.ndarray]:
         # SGD's first step uses the initial learning rate; the KL gradient in closed form.
@@ -304,10 +307,10 @@ def test_cv_coefficient_reaches_the_control_variate(text, coefficient):
     features, labels, params, idx, key = _step_inputs()
     x, y = features[idx], labels[idx]
     scale = 569 / 32
-    settings = _settings("pathwise_delta", [f"cv_coefficient={text}"])
+    settings = _settings("pathwise+delta", [f"cv_coefficient={text}"])
     assert settings.cv_coefficient == coefficient and settings.cv_coefficient_samples == 25
     got, _ = jax.jit(
-        lambda p, k: blr_train.jacobians(settings, p, None, x, y, k, num_samples=50, scale=scale)
+        lambda p, k: blr_train.jacobians(settings, p, (), x, y, k, num_samples=50, scale=scale)
     )(params, key)
 
     def cost(w):
@@ -444,7 +447,7 @@ def test_curve_legend_gives_seed_counts_and_divergence(monkeypatch, tmp_path):
     how many diverged, including a variant whose seeds all diverged."""
     steps = np.array([10, 20])
     arrays = {"steps": steps}
-    kept = {"score_function": 3, "pathwise": 5, "pathwise_delta": 1, "measure_valued": 0}
+    kept = {"score_function": 3, "pathwise": 5, "pathwise+delta": 1, "measure_valued": 0}
     for variant, n in kept.items():
         for name, shape in (
             ("elbo", ()),
@@ -468,6 +471,78 @@ def test_curve_legend_gives_seed_counts_and_divergence(monkeypatch, tmp_path):
         "score function (n = 3 of 5 seeds, 2/5 diverged)",
         "pathwise (n = 5 of 5 seeds)",
         "pathwise + delta method (n = 1 of 5 seeds, 4/5 diverged)",
-        "measure-valued (coupled) (all 5 seeds diverged)",
+        "measure-valued (all 5 seeds diverged)",
     ]
     assert "mean over the n seeds that did not diverge" in figures[0]._suptitle.get_text()
+
+
+# --- any estimator by configuration: an importable path; estimators that use samples jointly ---
+
+# A user's estimator, defined outside the package: the library's pathwise estimator under its own
+# name and label. The runner must treat it exactly as the registry's "pathwise".
+MY_PATHWISE = estimators.gradient_estimator(
+    "my_pathwise",
+    estimators.pathwise,
+    requires=(estimators.Reparameterizable,),
+    label="my pathwise",
+)
+
+
+def test_estimator_by_importable_path_runs_through_the_runner(tmp_path):
+    """``variants`` names an estimator defined in this test module (``module:attribute``): it
+    trains, is evaluated and drawn like the built-ins, with its own label and a colour outside
+    the paper's six; on the same keys its every number equals the registry's "pathwise"."""
+    spec = f"{__name__}:MY_PATHWISE"
+    config = tiny_config("fig12", [f"variants=('pathwise', '{spec}')", "sweep_values=(8,)"])
+    experiments.run_experiment(config, tmp_path / "run")
+    _, arrays = blr.load_results(tmp_path / "run")
+    assert arrays["labels"].tolist() == ["pathwise", "my pathwise"]
+    for name in ("elbo", "accuracy", "diverged"):
+        np.testing.assert_array_equal(
+            arrays[f"{spec}/batch_size=8/{name}"], arrays[f"pathwise/batch_size=8/{name}"]
+        )
+    assert blr_plots.looks(config.variants) == {
+        "pathwise": ("tab:blue", "-"),
+        spec: (blr_plots.CYCLE[0], "-"),
+    }
+    assert (tmp_path / "run" / "fig12.png").stat().st_size > 0
+
+
+def test_multi_sample_variance_is_over_independent_estimates():
+    """For an estimator whose samples are used jointly (score function + leave-one-out), the
+    variance curves are N times the variance of variance_samples // N independent N-sample
+    estimates (its rows are not independent): against that computation with the library."""
+    settings = _settings("score_function+loo", ["variance_samples=200", "num_samples=50"])
+    assert blr_train.estimator(settings).multi_sample and settings.variance_samples == 200
+    features, labels, params, _, key = _step_inputs()
+    got = jax.jit(
+        lambda p, k: blr_train.single_sample_variance(settings, p, (), features, labels, k)
+    )(params, key)
+
+    def cost(w):
+        return lr.log_likelihood(w, features, labels)
+
+    est = estimators.registry.get("score_function+loo")
+    means = [
+        jax.tree.map(
+            lambda j: np.asarray(j, np.float64).mean(0),
+            est(cost, params, lr.posterior, k, num_samples=50),
+        )
+        for k in jax.random.split(key, 4)
+    ]
+    for name in ("loc", "log_scale"):
+        want = 50 * np.var(np.stack([m[name] for m in means]), axis=0, ddof=1)
+        np.testing.assert_allclose(got[f"var_{name}"], want, rtol=1e-3)
+
+
+def test_multi_sample_estimator_needs_two_estimates_for_its_variance():
+    config = experiments.load_config("fig9")
+    experiments.apply_overrides(
+        config,
+        ["variants=('score_function+loo', 'score_function', 'pathwise')", "variance_samples=60"],
+    )
+    with pytest.raises(ValueError, match="uses its samples jointly.*variance_samples >= 100"):
+        blr.validate(config)
+    experiments.apply_overrides(config, ["variance_samples=100", "num_samples=1"])
+    with pytest.raises(ValueError, match="needs num_samples >= 2"):
+        blr.validate(config)

@@ -1,14 +1,17 @@
 """Bayesian logistic regression (Mohamed et al. 2020, section 8.3, Figures 8, 9, 11 and 12).
 
 A mean-field Gaussian posterior over the 31 weights of a logistic regression on the
-breast-cancer data is trained by SGD on the ELBO, its gradient estimated by each variant
-(score function, + moving-average baseline, + delta method; pathwise, + delta method;
-measure-valued with coupling). Every ``eval_every`` steps the ELBO, the accuracy and the
-per-coordinate variance of the gradient estimator are measured on the full data set.
+breast-cancer data is trained by SGD on the ELBO, its gradient estimated by each variant: a spec
+of ``estimators.registry`` (the paper's six: ``score_function``, ``+moving_average``,
+``+delta``; ``pathwise``, ``+delta``; ``measure_valued``, coupled), or any estimator of one's own
+named by an importable path ``"pkg.mod:attr"`` that supports the Gaussian posterior. Every
+``eval_every`` steps the ELBO, the accuracy and the per-coordinate variance of the gradient
+estimator are measured on the full data set.
 
 One jitted program per variant (and sweep value) trains all seeds at once (``vmap``) with the
 steps as a ``lax.scan``. Results: ``results.npz`` (every curve per seed, NaN for a diverged
-seed, and ``<variant>/diverged`` ``[S]`` flags), ``finals.csv`` (each seed's final ELBO and
+seed, ``<variant>/diverged`` ``[S]`` flags, and ``labels``, each variant's legend label),
+``finals.csv`` (each seed's final ELBO and
 accuracy, and whether it diverged), ``summary.json`` (final values over the seeds that did not
 diverge, the diverged seeds, timings), figures ``fig8``/``fig9``/``fig11``/``fig12`` (PNG and
 PDF), which ``plot(workdir)`` redraws from the saved files alone.
@@ -28,14 +31,17 @@ import jax
 import ml_collections
 import numpy as np
 
+from estimators import GradientEstimator
+from models import logistic_regression as lr
+
 from .._diagnostics import NAN_CAUSES
 from .._workdir import atomic_write_bytes, read_json, write_json
-from . import plots
-from .config import VARIANTS
+from . import plots, train
 from .data import breast_cancer
 from .train import Settings, make_program
 
 NUM_DATA = 569
+NUM_FEATURES = 31  # 30 standardised features and a bias column
 FIGURES = {"fig8": "", "fig9": "", "fig11": "num_samples", "fig12": "batch_size"}
 SWEEPS = ("", "num_samples", "batch_size")
 
@@ -49,15 +55,6 @@ def _positive_int(config: ml_collections.ConfigDict, name: str, minimum: int = 1
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ``ValueError`` naming the first bad value; nothing has been written yet."""
-    variants = tuple(config.variants)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ValueError(
-            f"config.variants: unknown variant(s) {unknown or variants!r}; "
-            f"choose from {', '.join(VARIANTS)}"
-        )
-    if len(set(variants)) != len(variants):
-        raise ValueError(f"config.variants lists a variant twice: {variants!r}")
     for name in ("steps", "eval_every", "num_seeds", "num_samples", "eval_samples"):
         _positive_int(config, name)
     if config.steps % config.eval_every:
@@ -71,9 +68,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, int) or value == 1 or value < 0:
             raise ValueError(f"config.{name} must be 0 (off) or an int >= 2; got {value!r}")
-    lr = config.learning_rate
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"config.learning_rate must be a finite number > 0; got {lr!r}")
+    rate = config.learning_rate
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"config.learning_rate must be a finite number > 0; got {rate!r}")
     decay = config.moving_average_decay
     if not (isinstance(decay, int | float) and 0 <= decay < 1):
         raise ValueError(f"config.moving_average_decay must be in [0, 1); got {decay!r}")
@@ -100,10 +97,66 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.figures: {fig} needs config.sweep={FIGURES[fig]!r}; got {config.sweep!r}"
             )
+    variants = _check_variants(config)
     if "fig8" in figures and not {"score_function", "pathwise"} <= set(variants):
         raise ValueError("config.figures: fig8 needs the score_function and pathwise variants")
     if {"fig8", "fig9"} & set(figures) and not config.variance_samples:
         raise ValueError("config.figures: fig8 and fig9 need config.variance_samples >= 2")
+
+
+def _check_variants(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """``config.variants``, each built by the registry and checked against the problem: it
+    estimates the gradient of an expectation, supports the Gaussian posterior, and gets enough
+    samples (training, and the variance evaluation); else a ``ValueError`` naming it."""
+    variants = tuple(config.variants)
+    if not variants or not all(isinstance(v, str) and v.strip() for v in variants):
+        raise ValueError(
+            f"config.variants must be a non-empty tuple of estimator specs (e.g. "
+            f"'pathwise+delta', 'pkg.mod:attr'); got {variants!r}"
+        )
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"config.variants lists a variant twice: {variants!r}")
+    posterior = lr.posterior(lr.init_params(NUM_FEATURES))
+    counts = tuple(config.sweep_values) if config.sweep == "num_samples" else (config.num_samples,)
+    for spec in variants:
+        try:
+            est = estimator(config, spec)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config.variants: {spec!r} is not an estimator: {e}") from None
+        if est.objective != "mean":
+            raise ValueError(
+                f"config.variants: {spec!r} estimates the gradient of objective "
+                f"{est.objective!r}; the ELBO needs the gradient of an expectation ('mean')"
+            )
+        variance = _variance_samples(config, est)
+        try:
+            for n in counts:
+                est.check(posterior, n)
+                if variance and est.multi_sample and variance // n < 2:
+                    raise ValueError(
+                        f"estimator {spec!r} uses its samples jointly: its variance is measured "
+                        f"over variance_samples // num_samples estimates, which needs "
+                        f"variance_samples >= {2 * n}; got {variance}"
+                    )
+            if variance and not est.multi_sample:
+                est.check(posterior, variance)
+        except ValueError as e:
+            raise ValueError(f"config.variants: {e}") from None
+    return variants
+
+
+def estimator(config: ml_collections.ConfigDict, spec: str) -> GradientEstimator:
+    """The registry's estimator for ``spec`` with the config's options (a ``ValueError`` or
+    ``TypeError`` from the registry if it names none)."""
+    return train.estimator(_settings(config, spec, None))
+
+
+def _variance_samples(config: ml_collections.ConfigDict, est: GradientEstimator) -> int:
+    """``config.variance_samples``, or ``measure_valued_variance_samples`` for an estimator whose
+    cost per sample grows with the dimension (``cost_evaluations(D) >= D``: measure-valued)."""
+    if config.variance_samples and est.cost_evaluations(NUM_FEATURES) >= NUM_FEATURES:
+        return config.measure_valued_variance_samples
+    return config.variance_samples
 
 
 def cv_coefficient(config: ml_collections.ConfigDict) -> float | str:
@@ -129,11 +182,9 @@ def cv_coefficient(config: ml_collections.ConfigDict) -> float | str:
 
 
 def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None) -> Settings:
-    overrides = {config.sweep: value} if config.sweep else {}
-    variance = config.variance_samples
-    if variant == "measure_valued" and variance:
-        variance = config.measure_valued_variance_samples
-    return Settings(
+    """The program settings of ``variant`` (at the swept ``value``, if any)."""
+    overrides = {config.sweep: value} if config.sweep and value is not None else {}
+    settings = Settings(
         variant=variant,
         steps=config.steps,
         eval_every=config.eval_every,
@@ -141,11 +192,13 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
         num_samples=overrides.get("num_samples", config.num_samples),
         learning_rate=float(config.learning_rate),
         eval_samples=config.eval_samples,
-        variance_samples=variance,
+        variance_samples=config.variance_samples,
         moving_average_decay=float(config.moving_average_decay),
         cv_coefficient=cv_coefficient(config),
         cv_coefficient_samples=config.cv_coefficient_samples,
     )
+    variance = _variance_samples(config, train.estimator(settings))
+    return settings._replace(variance_samples=variance)
 
 
 def _compile(settings: Settings, features, labels, keys, desc: str, progress: bool):
@@ -246,6 +299,12 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     }
     if config.sweep:
         arrays["sweep_values"] = np.asarray(values)
+    # The legend label of each variant, in the order of config.variants (plots read only these).
+    arrays["labels"] = np.asarray([estimator(config, v).label for v in config.variants])
+    # The samples behind each variant's variance curves (fewer for the costly measure-valued).
+    arrays["variance_samples"] = np.asarray(
+        [_settings(config, v, None).variance_samples for v in config.variants]
+    )
     summary: dict[str, Any] = {"variants": {}, "timings": {}}
     finals: dict[str, list] = {v: [] for v in config.variants}
     rows: list[str] = []

@@ -6,13 +6,15 @@ estimate, five seeds. Each figure's config overrides a few keys.
 
 import ml_collections
 
-# Every estimator variant the runner knows, in the order of the figures' legends.
+# The estimators of the paper's figures, as estimators.registry specs, in the order of their
+# legends. `variants` takes any spec the registry builds (e.g. "score_function+loo") or an
+# importable "pkg.mod:attr" naming one's own estimator.
 VARIANTS = (
     "score_function",
-    "score_function_moving_average",
-    "score_function_delta",
+    "score_function+moving_average",
+    "score_function+delta",
     "pathwise",
-    "pathwise_delta",
+    "pathwise+delta",
     "measure_valued",
 )
 
@@ -32,7 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every = 10
     config.eval_samples = 1000  # posterior samples for the ELBO and accuracy (full data)
     config.variance_samples = 1000  # per-sample jacobians for the gradient variance (full data)
-    # The measure-valued estimator costs 4 D = 124 log-likelihood evaluations per sample.
+    # For estimators whose cost per sample grows with the dimension D (cost_evaluations(D) >= D:
+    # the measure-valued estimator's 4 D = 124 log-likelihood evaluations per sample).
     config.measure_valued_variance_samples = 100
     config.moving_average_decay = 0.99
     # Delta-method control variate coefficient c: "optimal" (the library's

@@ -14,21 +14,56 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from .._workdir import save_figure
-from .train import LABELS
+from estimators import registry
 
+from .._workdir import save_figure
+
+# The colours of the paper's six estimators; any other takes the next colour of CYCLE.
 COLORS = {
     "score_function": "tab:red",
-    "score_function_moving_average": "tab:orange",
-    "score_function_delta": "tab:purple",
+    "score_function+moving_average": "tab:orange",
+    "score_function+delta": "tab:purple",
     "pathwise": "tab:blue",
-    "pathwise_delta": "tab:cyan",
+    "pathwise+delta": "tab:cyan",
     "measure_valued": "tab:green",
+}
+CYCLE = ("tab:brown", "tab:pink", "tab:olive", "tab:gray", "black", "gold", "navy", "lime")
+# Delta-method and measure-valued curves dashed: they often lie on top of another variant's.
+STYLES = {"score_function+delta": "--", "pathwise+delta": "--", "measure_valued": "--"}
+# The variants' names in results saved before the estimator registry (to redraw such runs).
+OLD_NAMES = {
+    "score_function_moving_average": "score_function+moving_average",
+    "score_function_delta": "score_function+delta",
+    "pathwise_delta": "pathwise+delta",
 }
 
 
-# Delta-method and measure-valued curves dashed: they often lie on top of another variant's.
-STYLES = {"score_function_delta": "--", "pathwise_delta": "--", "measure_valued": "--"}
+def looks(variants) -> dict[str, tuple[str, str]]:
+    """``{variant: (colour, line style)}``: the paper's six keep theirs; any other variant takes
+    the next colour of ``CYCLE`` (in the order given) and a solid line."""
+    out, others = {}, 0
+    for variant in variants:
+        name = OLD_NAMES.get(variant, variant)
+        if name in COLORS:
+            out[variant] = (COLORS[name], STYLES.get(name, "-"))
+        else:
+            out[variant] = (CYCLE[others % len(CYCLE)], "-")
+            others += 1
+    return out
+
+
+def labels(config: ml_collections.ConfigDict, arrays: dict) -> dict[str, str]:
+    """``{variant: legend label}``: the estimators' labels saved with the results; for results
+    saved before labels were, the registry's label of each (known) variant."""
+    if "labels" in arrays:
+        return dict(zip(config.variants, (str(s) for s in arrays["labels"]), strict=True))
+    out = {}
+    for variant in config.variants:
+        try:
+            out[variant] = registry.label(OLD_NAMES.get(variant, variant))
+        except (ValueError, TypeError):  # a spec the registry no longer builds
+            out[variant] = variant
+    return out
 
 
 def _plt():
@@ -65,13 +100,13 @@ def count_label(n: int, total: int) -> str:
     return f"n = {n} of {total} seeds" + (f", {lost}/{total} diverged" if lost else "")
 
 
-def _diverged_note(arrays: dict, variants) -> str:
-    """``"\ndiverged, left out: score function seed(s) 1, 3"`` or ``""``."""
+def _diverged_note(arrays: dict, variants, names: dict[str, str]) -> str:
+    """``"\ndiverged, left out: score function seed(s) 1, 3"`` or ``""`` (``names``: labels)."""
     parts = []
     for variant in variants:
         bad = np.flatnonzero(~_ok(arrays, variant))
         if bad.size:
-            parts.append(f"{LABELS[variant]} seed(s) {', '.join(map(str, bad))}")
+            parts.append(f"{names[variant]} seed(s) {', '.join(map(str, bad))}")
     return f"\ndiverged, left out: {'; '.join(parts)}" if parts else ""
 
 
@@ -104,6 +139,7 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     """Per-feature variance of the log-scale gradient over training: score function, pathwise."""
     plt = _plt()
     steps = arrays["steps"]
+    names = labels(config, arrays)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.9), sharey=True)
     for ax, variant in zip(axes, ("score_function", "pathwise"), strict=True):
         var = arrays[f"{variant}/var_log_scale"][_ok(arrays, variant)]  # [n, E, D]
@@ -117,7 +153,7 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
         _band(ax, steps, var.mean(axis=-1), "black", band, log=True)
         ax.set_yscale("log")
         ax.set_title(
-            f"{LABELS[variant]}: Var of d/d log-scale, per feature\n({count_label(n, total)})",
+            f"{names[variant]}: Var of d/d log-scale, per feature\n({count_label(n, total)})",
             fontsize=10,
         )
         ax.set_xlabel("training step")
@@ -127,7 +163,7 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     fig.suptitle(
         f"Bayesian logistic regression, {arrays['pathwise/var_log_scale'].shape[-1]} features "
         "(colour = feature index): geometric mean over the seeds that did not diverge"
-        + _diverged_note(arrays, ("score_function", "pathwise")),
+        + _diverged_note(arrays, ("score_function", "pathwise"), names),
         fontsize=10,
     )
     fig.tight_layout()
@@ -144,6 +180,7 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     """
     plt = _plt()
     steps = arrays["steps"]
+    names, look = labels(config, arrays), looks(config.variants)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.8))
     panels = (
         ("elbo", "ELBO (full data)", False),
@@ -158,9 +195,9 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
             if per_seed.ndim == 3:
                 per_seed = per_seed.mean(axis=-1)
             n, total = seed_counts(arrays, variant)
-            label = f"{LABELS[variant]} ({count_label(n, total)})"
-            style = STYLES.get(variant, "-")
-            _band(ax, steps, per_seed, COLORS[variant], label, log=log, ls=style)
+            label = f"{names[variant]} ({count_label(n, total)})"
+            color, style = look[variant]
+            _band(ax, steps, per_seed, color, label, log=log, ls=style)
             if name == "elbo" and n:
                 lows.append(np.percentile(per_seed.mean(axis=0), 5))
                 tops.append(per_seed.max())
@@ -174,11 +211,13 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
         top, low = max(tops), min(lows)
         axes[0, 0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
     axes[0, 1].legend(loc="lower right", fontsize=7.5)
-    mvd = (
-        f" (measure-valued: {config.measure_valued_variance_samples})"
-        if "measure_valued" in config.variants
-        else ""
-    )
+    if "variance_samples" in arrays:  # per variant, in the order of config.variants
+        counts = dict(zip(config.variants, arrays["variance_samples"].tolist(), strict=True))
+    else:  # results saved before the counts were: only the measure-valued one had its own
+        counts = {v: config.measure_valued_variance_samples for v in config.variants}
+        counts = {v: c for v, c in counts.items() if v == "measure_valued"}
+    own = [f"{names[v]}: {c}" for v, c in counts.items() if c != config.variance_samples]
+    mvd = f" ({'; '.join(own)})" if own else ""
     n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
     fig.suptitle(
         f"Bayesian logistic regression: N = {config.num_samples} samples, batch "
@@ -187,7 +226,7 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
         f"evaluated every {config.eval_every} steps on the full data: ELBO and accuracy from "
         f"{config.eval_samples} samples, variances from {config.variance_samples}{mvd}; "
         f"delta-method coefficient {_coefficient(config)}"
-        + _diverged_note(arrays, config.variants),
+        + _diverged_note(arrays, config.variants, names),
         fontsize=10,
     )
     fig.tight_layout()
@@ -253,6 +292,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
         2, 1, figsize=(7, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.1]}
     )
     width = 0.03
+    names, look = labels(config, arrays), looks(config.variants)
     points = {}
     for i, variant in enumerate(config.variants):
         tags = [f"{variant}/{config.sweep}={v}" for v in values]
@@ -264,7 +304,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
     low, high = _sweep_limits([stats for _, stats in points.values()])
     for variant, (x, stats) in points.items():
         n, mean, se = stats["n"], stats["mean"], stats["se"]
-        color, style = COLORS[variant], STYLES.get(variant, "-")
+        color, style = look[variant]
         several = n >= 2
         # NaN breaks the line: it runs only between neighbouring points of >= 2 seeds.
         ax.plot(
@@ -275,7 +315,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
             lw=1.2,
             marker="o",
             ms=3.5,
-            label=LABELS[variant],
+            label=names[variant],
         )
         ax.errorbar(
             x[several], mean[several], yerr=se[several], color=color, ls="none", capsize=2, lw=1.0

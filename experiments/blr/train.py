@@ -1,11 +1,13 @@
-"""Bayesian logistic regression: the gradient of each variant, and one jitted training program.
+"""Bayesian logistic regression: each estimator's gradient, and one jitted training program.
 
-A variant's gradient of the expected log-likelihood is a set of per-sample jacobians (pytree
-``{"loc": [N, D], "log_scale": [N, D]}``): their mean is the gradient SGD uses, their variance
-the estimator's single-sample variance reported in the figures. The KL term's gradient is added
-exactly. One program per variant: ``vmap`` over seeds of a ``lax.scan`` over blocks of
-``eval_every`` steps (an inner ``lax.scan``), each block ending with an evaluation on the full
-data; it is jitted once.
+An estimator is a spec of ``estimators.registry`` (``"score_function+moving_average"``,
+``"pathwise+delta"``, an importable ``"pkg.mod:attr"``, ...). Its gradient of the expected
+log-likelihood is a set of per-sample jacobians (pytree ``{"loc": [N, D], "log_scale": [N,
+D]}``): their mean is the gradient SGD uses, their variance the estimator's single-sample
+variance reported in the figures. The KL term's gradient is added exactly. An estimator with
+state (a moving-average baseline) gets it through its ``init``/``update``. One program per
+estimator: ``vmap`` over seeds of a ``lax.scan`` over blocks of ``eval_every`` steps (an inner
+``lax.scan``), each block ending with an evaluation on the full data; it is jitted once.
 """
 
 from __future__ import annotations
@@ -19,26 +21,16 @@ import jax.numpy as jnp
 import optax
 
 import estimators
+from estimators import registry
 from models import logistic_regression as lr
 
-from .config import VARIANTS
-
 Array = jax.Array
-
-LABELS = {
-    "score_function": "score function",
-    "score_function_moving_average": "score function + moving average",
-    "score_function_delta": "score function + delta method",
-    "pathwise": "pathwise",
-    "pathwise_delta": "pathwise + delta method",
-    "measure_valued": "measure-valued (coupled)",
-}
 
 
 class Settings(NamedTuple):
     """The static settings of one training program (hashable: a jit static argument)."""
 
-    variant: str
+    variant: str  # an estimators.registry spec
     steps: int
     eval_every: int
     batch_size: int
@@ -54,13 +46,23 @@ class Settings(NamedTuple):
 class Carry(NamedTuple):
     params: dict[str, Array]
     opt_state: Any
-    moving_average: Any
+    state: Any  # the estimator's (``()`` for a stateless one)
+
+
+def estimator(settings: Settings) -> estimators.GradientEstimator:
+    """The registry's estimator for ``settings.variant``, with the settings' options."""
+    return registry.get(
+        settings.variant,
+        cv_coefficient=settings.cv_coefficient,
+        cv_coefficient_samples=settings.cv_coefficient_samples,
+        moving_average_decay=settings.moving_average_decay,
+    )
 
 
 def jacobians(
     settings: Settings,
     params: dict[str, Array],
-    moving_average: Any,
+    state: Any,
     features: Array,
     labels: Array,
     key: Array,
@@ -71,50 +73,54 @@ def jacobians(
     """Per-sample jacobians of ``scale * log p(labels | features, w)`` under the posterior.
 
     Args:
+      state: the estimator's state (its ``init()``, then its ``update``s).
       features: ``[B, D]``; labels: ``[B]``; scale: ``N_data / B``.
 
     Returns:
-      ``({"loc": [N, D], "log_scale": [N, D]}, costs)``; ``costs [N]`` are the per-sample
-      costs for the moving-average variant (its samples, the estimator's), else ``None``.
+      ``({"loc": [N, D], "log_scale": [N, D]}, costs)``: ``costs [N]`` are the stopped costs
+      of the estimate's samples, for the estimator's ``update``, when it carries state
+      (else ``None``).
     """
-    variant = settings.variant
-
-    def cost(w: Array) -> Array:
-        return lr.log_likelihood(w, features, labels, scale)
-
+    est = estimator(settings)
+    cost = lr.log_likelihood_cost(features, labels, scale)
     args = (cost, params, lr.posterior, key)
-    if variant == "score_function":
-        return estimators.score_function(*args, num_samples=num_samples), None
-    if variant == "score_function_moving_average":
-        baseline = estimators.moving_average_baseline(moving_average)
-        jac = estimators.score_function(*args, num_samples=num_samples, baseline=baseline)
-        q = lr.posterior(jax.lax.stop_gradient(params))
-        ws = estimators.draw_samples(q, key, num_samples)  # the samples of score_function
-        return jac, jax.vmap(cost)(ws)
-    if variant == "pathwise":
-        return estimators.pathwise(*args, num_samples=num_samples), None
-    if variant in ("score_function_delta", "pathwise_delta"):
-        estimator = (
-            estimators.score_function if variant.startswith("score") else estimators.pathwise
-        )
-        jac = estimators.with_control_variate(
-            estimator,
-            cost,
-            estimators.delta_method(cost),
-            params,
-            lr.posterior,
-            key,
-            num_samples=num_samples,
-            coefficient=settings.cv_coefficient,
-            num_coefficient_samples=settings.cv_coefficient_samples,
-        )
+    jac = est.per_sample(*args, num_samples=num_samples, state=state)
+    if not jax.tree.leaves(state):
         return jac, None
-    if variant == "measure_valued":
-        jac = lr.log_likelihood_measure_valued(
-            params, features, labels, key, num_samples=num_samples, coupling=True, scale=scale
-        )
-        return jac, None
-    raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return jac, registry.sample_costs(*args, num_samples=num_samples)
+
+
+def single_sample_variance(
+    settings: Settings,
+    params: dict[str, Array],
+    state: Any,
+    features: Array,
+    labels: Array,
+    key: Array,
+) -> dict[str, Array]:
+    """Per-coordinate variance of one sample's gradient on the full data (``scale = 1``).
+
+    From ``settings.variance_samples`` per-sample jacobians; for an estimator whose samples are
+    used jointly (``multi_sample``: its rows are not independent), ``num_samples`` times the
+    variance of ``variance_samples // num_samples`` independent estimates of ``num_samples``
+    samples each (the same cost in samples). Returns ``{"var_loc": [D], "var_log_scale": [D]}``.
+    """
+    n = settings.variance_samples
+    if estimator(settings).multi_sample:
+        group = settings.num_samples
+
+        def mean_estimate(k: Array) -> dict[str, Array]:
+            jac, _ = jacobians(
+                settings, params, state, features, labels, k, num_samples=group, scale=1.0
+            )
+            return jax.tree.map(lambda j: jnp.mean(j, axis=0), jac)
+
+        means = jax.vmap(mean_estimate)(jax.random.split(key, n // group))
+        var = jax.tree.map(lambda m: group * jnp.var(m, axis=0, ddof=1), means)
+    else:
+        jac, _ = jacobians(settings, params, state, features, labels, key, num_samples=n, scale=1.0)
+        var = jax.tree.map(lambda j: jnp.var(j, axis=0, ddof=1), jac)
+    return {"var_loc": var["loc"], "var_log_scale": var["log_scale"]}
 
 
 def optimizer(settings: Settings) -> optax.GradientTransformation:
@@ -131,7 +137,7 @@ def _train_step(
     jac, costs = jacobians(
         settings,
         carry.params,
-        carry.moving_average,
+        carry.state,
         features[idx],
         labels[idx],
         k_grad,
@@ -142,12 +148,9 @@ def _train_step(
     kl_grad = jax.grad(lr.kl_to_prior)(carry.params)
     grad = jax.tree.map(lambda j, k: k - jnp.mean(j, axis=0), jac, kl_grad)
     updates, opt_state = optimizer(settings).update(grad, carry.opt_state, carry.params)
-    moving_average = carry.moving_average
-    if costs is not None:
-        moving_average = estimators.moving_average_update(
-            moving_average, costs, decay=settings.moving_average_decay
-        )
-    return Carry(optax.apply_updates(carry.params, updates), opt_state, moving_average), None
+    # The state is updated after the estimate, with the costs of the samples it used.
+    state = carry.state if costs is None else estimator(settings).update(carry.state, costs)
+    return Carry(optax.apply_updates(carry.params, updates), opt_state, state), None
 
 
 def _evaluate(
@@ -159,18 +162,9 @@ def _evaluate(
         carry.params, features, labels, k_metrics, num_samples=settings.eval_samples
     )
     if settings.variance_samples:
-        jac, _ = jacobians(
-            settings,
-            carry.params,
-            carry.moving_average,
-            features,
-            labels,
-            k_var,
-            num_samples=settings.variance_samples,
-            scale=1.0,
+        metrics.update(
+            single_sample_variance(settings, carry.params, carry.state, features, labels, k_var)
         )
-        metrics["var_loc"] = jnp.var(jac["loc"], axis=0, ddof=1)
-        metrics["var_log_scale"] = jnp.var(jac["log_scale"], axis=0, ddof=1)
     return metrics
 
 
@@ -187,7 +181,7 @@ def train_one_seed(
     """
     num_blocks = settings.steps // settings.eval_every
     params = lr.init_params(features.shape[1])
-    carry = Carry(params, optimizer(settings).init(params), estimators.moving_average_init())
+    carry = Carry(params, optimizer(settings).init(params), estimator(settings).init())
     step = functools.partial(_train_step, settings, features, labels)
 
     def block(carry: Carry, xs: tuple[Array, Array]) -> tuple[Carry, dict[str, Array]]:
