@@ -14,7 +14,10 @@
 * Implicit reparameterisation (Gamma, Beta, Dirichlet): pathwise d E[x] / d params against
   central finite differences of the closed-form means.
 
-The default run uses seed 0; ``python -m pytest -m slow`` repeats everything for 20 seeds.
+The default run holds the Normal batteries and the single-sample variances (seed 0); the
+other families, the realistic-bug companions and the finite differences run with ``-m slow``
+(every estimator x family pair of the registry is checked by default, on one problem each, in
+tests/test_conformance.py), which also repeats everything for 20 seeds.
 Each estimator x family is ONE jitted program (settings and costs are vmapped), compiled once
 and shared by the tests through a small cache, to keep the default run short.
 """
@@ -450,7 +453,17 @@ BATTERIES = {
 }
 
 
-@pytest.mark.parametrize("battery", list(BATTERIES))
+# By default only the Normal batteries run here (3 dimensions x 2 parameterisations x 6 costs x
+# several settings, beyond the conformance battery's one problem per family); every family and
+# every estimator of the registry is checked by default in tests/test_conformance.py, so the
+# other batteries of this file (and their realistic-bug companions, the finite-difference test)
+# are a deeper opt-in sweep: python -m pytest -m slow tests/test_estimators_statistics.py.
+DEFAULT_BATTERIES = [
+    b if b.endswith("Normal") else pytest.param(b, marks=pytest.mark.slow) for b in BATTERIES
+]
+
+
+@pytest.mark.parametrize("battery", DEFAULT_BATTERIES)
 def test_unbiased(battery):
     checks = BATTERIES[battery](0)
     assert checks.num_checks >= 50
@@ -516,7 +529,7 @@ RESCALE_POWER = {
 }
 
 
-@pytest.mark.parametrize("battery", list(BATTERIES))
+@pytest.mark.parametrize("battery", DEFAULT_BATTERIES)
 def test_battery_detects_rescale(battery):
     """The same checks reject the seed-0 estimates scaled by ``RESCALE_POWER[battery][0]``, and
     the analytic power (``rescale_power``, from the measured SEs) is at least the stated one.
@@ -554,12 +567,8 @@ def _bug(battery: str) -> str:
     return BUGS[battery.split("-")[0]]
 
 
-@pytest.mark.parametrize(
-    "battery",
-    # The Normal ones (two more large programs) only with -m slow; their rescale companion
-    # runs by default.
-    [pytest.param(b, marks=pytest.mark.slow) if b.endswith("Normal") else b for b in BATTERIES],
-)
+@pytest.mark.slow  # the battery's own programs again, with the bug: see DEFAULT_BATTERIES
+@pytest.mark.parametrize("battery", list(BATTERIES))
 def test_battery_rejects_realistic_bug(battery):
     """The same battery (same checks, z, samples and keys) run with a buggy estimator fails.
 
@@ -711,6 +720,7 @@ def implicit_gradient_checks(seed: int) -> cf.Checks:
     return checks
 
 
+@pytest.mark.slow  # the Gamma/Beta/Dirichlet programs: see DEFAULT_BATTERIES
 def test_implicit_reparameterisation_vs_finite_differences():
     checks = implicit_gradient_checks(0)
     assert checks.num_checks == 3 * (3 * 6 + 3 * 6 + 6 * 6)

@@ -1,0 +1,1 @@
+"""Estimators that live outside the ``estimators`` package, as a user's own would."""
