@@ -250,6 +250,7 @@ def _setup(estimator: str, num_samples: int = 1):
         batch_size=2,
         num_batches=1,
         dynamic=False,
+        latent_dim=L,
         **pieces,
     )
     # A non-trivial moving average, so the baselined estimators really subtract something.

@@ -224,6 +224,7 @@ def test_compare_configs_smoke(tmp_path, small_idx_dir):
     ).exists()
     rows = results["grad_variance"]["rows"]
     assert [r["estimator"] for r in rows if r["epoch"] == 2] == ["pathwise", *three]
+    assert [r["samples_per_example"] for r in rows if r["epoch"] == 2] == [1, 1, 5, 1]
     table = (tmp_path / "digits" / "table.md").read_text()
     assert all(e in table for e in three) and "test log p(x)" in table
     assert (tmp_path / "digits" / "table.csv").read_text().count("\n") == 4
@@ -246,6 +247,16 @@ def test_compare_configs_smoke(tmp_path, small_idx_dir):
     discrete = "tests.test_vae_train:DISCRETE_ONLY"
     with pytest.raises(ValueError, match="posterior is Gaussian.*needs a distribution that is"):
         vae_compare.validate(_config("vae_compare", f"estimators=('pathwise', {discrete!r})"))
+
+
+def test_variances_are_charged_for_every_cost_evaluation():
+    """Per-sample variances multiply by K times the estimator's cost evaluations per sample:
+    K for leave-one-out, 4 L for measure-valued (L = 2 latents here), 1 for pathwise."""
+    setup, _ = _tiny_setup("score_function+loo", 3)
+    assert setup.evaluations_per_example == 3
+    mv = dataclasses.replace(setup, est=estimators.registry.get("measure_valued"), num_samples=1)
+    assert mv.evaluations_per_example == 4 * 2
+    assert _tiny_setup("pathwise")[0].evaluations_per_example == 1
 
 
 def test_users_estimator_gives_the_library_score_functions_gradient():
@@ -297,6 +308,7 @@ def _tiny_setup(estimator: str, num_samples: int = 1, seed: int = 0):
         batch_size=8,
         num_batches=1,
         dynamic=False,
+        latent_dim=2,
         **pieces,
     )
     assert setup.num_samples == num_samples

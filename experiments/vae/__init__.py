@@ -182,6 +182,7 @@ def init_run(
         batch_size=config.batch_size,
         num_batches=num_batches,
         dynamic=config.binarization == "dynamic",
+        latent_dim=config.latent_dim,
         **pieces,
     )
     return setup, state
@@ -388,7 +389,7 @@ def _epoch_row(
         # comparable across estimators (vae.compare's protocol compares them).
         key = jax.random.fold_in(jax.random.fold_in(base, 5), epoch)
         sq_dev = loop.grad_variance(state, loop.var_batch, key)["sq_dev"]
-        gv = train.variance_summary(sq_dev, loop.setup.num_samples)
+        gv = train.variance_summary(sq_dev, loop.setup.evaluations_per_example)
         row["own_params_grad_var_per_sample"] = gv["per_sample_variance"]
         row["own_params_grad_var_per_sample_se"] = gv["per_sample_variance_se"]
         row["own_params_grad_var_num_estimates"] = gv["num_estimates"]

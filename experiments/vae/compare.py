@@ -22,9 +22,11 @@ The encoder-gradient variances are compared under ONE protocol (``grad_variance.
   estimators, read-then-update exactly as in training;
 - reported: the variance of ONE estimate of the encoder gradient of the batch loss (the trace of
   its covariance) and per sample, ``K`` times it for a ``K``-sample estimator (it pays for ``K``
-  cost evaluations per example), each with a jackknife standard error (leave one estimate out;
-  closed form in ``train.jackknife_trace``), the number of estimates, and the ratio to the
-  reference's per-sample variance with a paired jackknife SE (estimate ``m`` left out of both);
+  cost evaluations per example; ``K`` also counts the estimator's ``cost_evaluations`` per
+  sample, 2 for an antithetic pair: ``Setup.evaluations_per_example``), each with a jackknife
+  standard error (leave one estimate out; closed form in ``train.jackknife_trace``), the
+  number of estimates, and the ratio to the reference's per-sample variance with a paired
+  jackknife SE (estimate ``m`` left out of both);
 - an estimator of objective ``"log_mean_exp"`` (IWAE) estimates the gradient of the IWAE
   bound, a different objective: it is marked so (†) and its variance is not an
   ELBO-gradient estimator's.
@@ -277,9 +279,12 @@ def measure_grad_variance(config: ml_collections.ConfigDict, workdir: Path) -> d
                 "finite": finite,
             }
             if finite:
-                row.update(train.variance_summary(sq_dev[name], setup.num_samples))
+                row.update(train.variance_summary(sq_dev[name], setup.evaluations_per_example))
             else:
-                row.update(samples_per_example=setup.num_samples, num_estimates=num_estimates)
+                row.update(
+                    samples_per_example=setup.evaluations_per_example,
+                    num_estimates=num_estimates,
+                )
             row["mean_grad_norm"] = float(out["mean_grad_norm"])
             row["baseline_warmup_steps"] = steps if setup.stateful else 0
             row["params_sha256"] = params_hash
@@ -430,7 +435,8 @@ def _note(results, protocol, other: Collection[str]) -> str:
             f"{p['num_estimates']} keys. Reported: the total variance (trace of the covariance, "
             f"over {p['encoder_weights']} encoder weights) of one estimate of the encoder "
             f"gradient of the batch loss, times K (per sample: a K-sample estimator pays for K "
-            f"cost evaluations per example), ± its standard error ({p['standard_error']}), "
+            f"cost evaluations per example, an antithetic pair for 2), ± its standard error "
+            f"({p['standard_error']}), "
             f"from {p['num_estimates']} estimates; × {p['reference']}: the ratio of per-sample "
             f"variances. The moving average and NVIL's network are warmed up for "
             f"{p['baseline_warmup_steps']} steps at the checkpoint's fixed parameters "

@@ -60,6 +60,14 @@ class Setup:
     dynamic: bool  # dynamic binarisation inside the scan
     graphdef: Any
     optimizer: optax.GradientTransformation
+    latent_dim: int | None = None  # L, for the estimator's cost_evaluations(L)
+
+    @property
+    def evaluations_per_example(self) -> int:
+        """What one estimate costs per example, in evaluations of the cost: ``K`` times the
+        estimator's ``cost_evaluations(L)`` (1 for pathwise and the score function, 2 for an
+        antithetic pair, ``4 L`` for measure-valued); the variances are charged for it."""
+        return self.num_samples * int(self.est.cost_evaluations(self.latent_dim))
 
     @property
     def stateful(self) -> bool:
