@@ -26,7 +26,8 @@ Per spec: ``test_jit_equals_eager`` (on its first family) and ``test_bad_input``
 unsupported distribution -> ``ValueError`` naming the missing capability; ``num_samples <
 min_samples`` -> ``ValueError``). Per family with exact variances:
 ``test_single_sample_variances`` (our pathwise and score function against the exact
-per-sample variances of ``estimators.testing``, with a companion rejecting a 10% error).
+per-sample variances of ``estimators.testing``, with a companion rejecting a 10% error; 25%
+for the score function on the Gamma, whose variance estimate is noisier).
 
 Cost: the pairs of one family run in ONE jitted program (see ``group_program``); the default
 run holds 34 pairs (about a minute of CPU, mostly compiling), ``-m slow`` the other 18 and
@@ -253,9 +254,13 @@ def rescale_power(r: testing.UnbiasednessReport, factor: float) -> float:
     return best
 
 
-# The deliberate bias: estimates scaled by FACTOR. POWER_FLOOR is the smallest analytic power
-# (rescale_power, from the seed-0 SEs) over the pairs of the default run, measured: see the
-# table in test_deliberate_bias_is_rejected.
+# The deliberate bias: estimates scaled by FACTOR (10%). Measured with seeds 1-20
+# (test_unbiased_and_power_over_seeds, -m slow; 685 s on the loaded 2-core CPU): every one of
+# the 52 pairs passed on 20 of 20 seeds and its 10%-biased estimates were rejected on 20 of 20.
+# The analytic power (rescale_power, seed-0 SEs) is >= 0.9994 on the default run's pairs and
+# >= 0.9932 on all (the least: score_function+loo on the Gamma). Where the estimator has no
+# variance left (the delta method on the Gamma/Beta's quadratic costs), the check is equality
+# up to float32 rounding and rejects any bias above it.
 FACTOR = 1.1
 POWER_FLOOR = 0.99
 
@@ -348,6 +353,11 @@ def test_bad_input(spec):
 # --- Exact single-sample variances of ours --------------------------------------------------
 
 VARIANCE_PAIRS = [(name, fam.name) for fam in testing.all_families() for name in fam.variances]
+# A 10% error in an exact variance lies this many SEs from the seed-0 measurement (z = 4.2-4.3):
+# pathwise Normal 46, Gamma 8.4, Beta 23; score function Normal 21, Beta 7.1, Bernoulli 102,
+# Categorical 73, Gamma 4.0. The score function's variance on the Gamma (a heavy fourth
+# moment) is therefore held against a 25% error (10 SE).
+VARIANCE_ERROR = {("score_function", "Gamma"): 1.25}
 
 
 @pytest.mark.parametrize(
@@ -355,8 +365,8 @@ VARIANCE_PAIRS = [(name, fam.name) for fam in testing.all_families() for name in
 )
 def test_single_sample_variances(spec, family):
     """The measured per-sample variance of ours (the battery's rows) == the exact one of
-    ``estimators.testing`` (Bonferroni over the coordinates); the same check rejects the
-    exact variances scaled by 1.1."""
+    ``estimators.testing`` (Bonferroni over the coordinates); the same check rejects the exact
+    variances scaled by VARIANCE_ERROR, with analytic power >= 0.99."""
     est, fam = ESTIMATORS[spec], testing.family(family)
     r = testing.variance_from_estimates(est, fam, results(spec, family).rows)
     exact = fam.variances[spec]
@@ -370,7 +380,10 @@ def test_single_sample_variances(spec, family):
         ]
 
     assert not bad(1.0), str(r)
-    assert bad(1.1)
+    scale = VARIANCE_ERROR.get((spec, family), 1.1)
+    distance = max(float(np.max((scale - 1) * exact[k] / r.se[k])) for k in exact)
+    assert statistics.NormalDist().cdf(distance - z) >= 0.99  # P(reject) >= this
+    assert bad(scale)
 
 
 # --- Over seeds (opt in) ----------------------------------------------------------------------
