@@ -24,6 +24,7 @@ MODULES = [
     "estimators._pathwise",
     "estimators._registry",
     "estimators._score_function",
+    "estimators.testing",
 ]
 # The estimators and their pieces: each docstring must carry a runnable example.
 MUST_HAVE_EXAMPLE = [
