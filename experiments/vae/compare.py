@@ -434,8 +434,8 @@ def _note(results, protocol, other: Collection[str]) -> str:
             f"on the same batch of {p['batch_size']} training images with the same "
             f"{p['num_estimates']} keys. Reported: the total variance (trace of the covariance, "
             f"over {p['encoder_weights']} encoder weights) of one estimate of the encoder "
-            f"gradient of the batch loss, times K (per sample: a K-sample estimator pays for K "
-            f"cost evaluations per example, an antithetic pair for 2), ± its standard error "
+            f"gradient of the batch loss, times E, the evaluations of the cost per example (a "
+            f"K-sample estimator pays for K, an antithetic pair for 2), ± its standard error "
             f"({p['standard_error']}), "
             f"from {p['num_estimates']} estimates; × {p['reference']}: the ratio of per-sample "
             f"variances. The moving average and NVIL's network are warmed up for "
@@ -488,7 +488,7 @@ def write_tables(
         ]
         rows = sorted(protocol["rows"], key=lambda r: r["epoch"])  # stable: the run's order
         atomic_write_text(workdir / "grad_variance.csv", _csv(rows, keys))
-        head = ["epoch", "estimator", "K", "M", "variance of one estimate", "per sample (× K)"]
+        head = ["epoch", "estimator", "E", "M", "variance of one estimate", "per evaluation (× E)"]
         head.append(f"× {protocol['reference']}")
         out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
         for r in rows:
