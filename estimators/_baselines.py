@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
+from ._interface import _keep_state, _no_state
 
 # optimal_baseline's samples in the "optimal" Baseline come from fold_in(key, _TAG_OPTIMAL), so
 # they are independent of the estimator's.
@@ -194,15 +195,6 @@ class BaselineInputs(NamedTuple):
     key: Array
     num_samples: int
     context: Any = None
-
-
-def _no_state() -> tuple[()]:
-    return ()
-
-
-def _keep_state(state: Any, costs: Array, context: Any = None) -> Any:
-    del costs, context
-    return state
 
 
 class Baseline(NamedTuple):

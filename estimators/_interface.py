@@ -26,6 +26,7 @@ they hold:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -237,8 +238,6 @@ def gradient_estimator(
 
 def _accepting_state(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with ``state``/``context`` keywords (dropped if ``fn`` does not take them)."""
-    import inspect
-
     try:
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -42,6 +42,7 @@ from ._common import (
     DistBuilder,
     PyTree,
     build_and_check,
+    draw_samples,
     sample_from_noise,
     sample_noise,
 )
@@ -167,9 +168,8 @@ def _iwae_per_sample(function, params, dist_builder, key, *, num_samples):
     def cost(p: PyTree, n: Array) -> Array:
         return function(sample_from_noise(dist_builder(p), n))
 
-    costs = jax.vmap(cost, in_axes=(None, 0))(params, noise)
+    costs, grads = jax.vmap(jax.value_and_grad(cost), in_axes=(None, 0))(params, noise)
     weights = jax.lax.stop_gradient(num_samples * jax.nn.softmax(-costs))
-    grads = jax.vmap(jax.grad(cost), in_axes=(None, 0))(params, noise)
     return jax.tree.map(lambda g: weights.reshape((-1,) + (1,) * (g.ndim - 1)) * g, grads)
 
 
@@ -426,7 +426,5 @@ def sample_costs(
 ) -> Array:
     """``[num_samples]`` stopped costs ``f(x_i)`` of the samples every estimator draws with
     ``key`` (for an estimator's ``update``)."""
-    from ._common import draw_samples
-
     dist = jax.lax.stop_gradient(dist_builder(params))
     return jax.lax.stop_gradient(jax.vmap(function)(draw_samples(dist, key, num_samples)))

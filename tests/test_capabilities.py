@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 
 import estimators
-from estimators._capabilities import (
+from estimators import (
     Discrete,
     FactorizedMoments,
     HasScore,
     Reparameterizable,
     StandardNoise,
     WeakDerivative,
+    WeakDerivativeTerm,
 )
-from estimators._distributions import WeakDerivativeTerm
 from estimators._optax_compat import _OptaxStyleDistribution
 from tests._closed_forms import Checks
 
