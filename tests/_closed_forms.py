@@ -18,7 +18,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
+
+from estimators.testing import ALPHA as ALPHA
+from estimators.testing import FLOAT_RTOL as FLOAT_RTOL
+from estimators.testing import bonferroni_z as bonferroni_z
 
 # Family-wise false-alarm probability of ONE battery (one test function, one seed). Every test
 # that makes m statistical checks uses z = Phi^{-1}(1 - ALPHA / (2 m)) (two-sided Bonferroni,
@@ -26,17 +29,10 @@ from scipy import stats
 # m = 3000 gives z = 5.9. Over the 20-seed sweep (20 seeds x ~6 batteries) the chance that a
 # correct estimator fails anywhere is then <= 1.2%; with a fixed key the default run is
 # deterministic, so a pass never turns into a flake.
-ALPHA = 1e-4
-
+# ALPHA and bonferroni_z are the public ones of estimators.testing, which users' checks use too.
 # Float32 rounding of one per-sample estimate is ~1e-7 relative; where an estimator has zero
 # variance (pathwise gradient of a linear cost w.r.t. loc) the check reduces to equality up to
-# this relative tolerance, which is 100x the rounding error.
-FLOAT_RTOL = 1e-5
-
-
-def bonferroni_z(num_checks: int, alpha: float = ALPHA) -> float:
-    """Two-sided z-threshold holding the family-wise false-alarm probability at ``alpha``."""
-    return float(stats.norm.isf(alpha / (2 * num_checks)))
+# FLOAT_RTOL, which is 100x the rounding error.
 
 
 # --------------------------------------------------------------------------------------------
