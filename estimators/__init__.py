@@ -23,10 +23,12 @@ from ._baselines import moving_average_init as moving_average_init
 from ._baselines import moving_average_update as moving_average_update
 from ._baselines import nvil_baseline as nvil_baseline
 from ._baselines import optimal_baseline as optimal_baseline
+from ._capabilities import Binary as Binary
 from ._capabilities import Capability as Capability
 from ._capabilities import Discrete as Discrete
 from ._capabilities import FactorizedMoments as FactorizedMoments
 from ._capabilities import HasScore as HasScore
+from ._capabilities import Relaxable as Relaxable
 from ._capabilities import Reparameterizable as Reparameterizable
 from ._capabilities import StandardNoise as StandardNoise
 from ._capabilities import WeakDerivative as WeakDerivative
@@ -48,6 +50,7 @@ from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
 from ._distributions import WeakDerivativeTerm as WeakDerivativeTerm
+from ._interface import EstimateInputs as EstimateInputs
 from ._interface import GradientEstimator as GradientEstimator
 from ._interface import gradient_estimator as gradient_estimator
 from ._interface import surrogate_from_per_sample as surrogate_from_per_sample

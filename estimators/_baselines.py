@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
-from ._interface import _keep_state, _no_state
+from ._interface import EstimateInputs, _keep_state, _no_state
 
 # optimal_baseline's samples in the "optimal" Baseline come from fold_in(key, _TAG_OPTIMAL), so
 # they are independent of the estimator's.
@@ -180,21 +180,7 @@ def optimal_baseline(
     return jax.lax.stop_gradient(jax.tree.map(per_leaf, scores))
 
 
-class BaselineInputs(NamedTuple):
-    """What a :class:`Baseline` may look at when it forms its value (never the costs' samples
-    themselves, except through a leave-one-out rule that excludes each sample's own cost).
-
-    ``function``, ``params``, ``dist_builder``, ``key`` and ``num_samples`` are the estimator's
-    arguments; ``context`` is the caller's conditioning input (a VAE's data point ``x``), or
-    ``None``.
-    """
-
-    function: CostFn
-    params: PyTree
-    dist_builder: DistBuilder
-    key: Array
-    num_samples: int
-    context: Any = None
+BaselineInputs = EstimateInputs  # what a baseline's value may look at: the estimate's inputs
 
 
 class Baseline(NamedTuple):

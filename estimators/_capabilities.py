@@ -1,4 +1,4 @@
-"""What a distribution can do, as marker classes (in the spirit of diffrax's solver markers).
+r"""What a distribution can do, as marker classes (in the spirit of diffrax's solver markers).
 
 An estimator states which capabilities it needs (``GradientEstimator.requires``) and checks
 ``isinstance(dist, marker)``, never a list of distribution classes: a new distribution that
@@ -13,8 +13,13 @@ declares what it is works with every estimator that needs only that.
   decomposition of the density's derivative (measure-valued estimator).
 - :class:`FactorizedMoments`: independent coordinates with closed-form ``mean`` and
   ``variance`` (the delta-method control variate).
-- :class:`Discrete`: samples take values in a countable set (relaxations, ARM-type
-  estimators).
+- :class:`Discrete`: samples take values in a countable set.
+- :class:`Binary`: a :class:`Discrete` with values in :math:`\{0, 1\}^D`, independent
+  coordinates ``b_d ~ Bernoulli(sigmoid(logits_d))`` drawn as ``b = 1[u < sigmoid(logits)]``
+  from uniform noise (ARM, DisARM, REBAR, RELAX, RODEO).
+- :class:`Relaxable`: a :class:`Discrete` whose ``relaxed(temperature)`` is a continuous,
+  reparameterisable relaxation (Concrete / Gumbel-softmax) on whose support the cost is also
+  defined; its samples tend to the discrete ones as the temperature goes to 0.
 """
 
 from __future__ import annotations
@@ -53,6 +58,15 @@ class FactorizedMoments(Capability):
 
 class Discrete(Capability):
     """Samples take values in a countable set."""
+
+
+class Binary(Discrete):
+    """Independent bits ``b = 1[u < sigmoid(logits)]``, ``u ~ Uniform(0, 1)``: a ``logits``
+    attribute of the event's shape."""
+
+
+class Relaxable(Discrete):
+    """``relaxed(temperature)``: a continuous reparameterisable relaxation of the samples."""
 
 
 def capability_names(capabilities: tuple[type, ...]) -> str:

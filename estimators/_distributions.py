@@ -59,6 +59,7 @@ import numpy as np
 from jax.scipy import special
 
 from ._capabilities import (
+    Binary,
     Discrete,
     FactorizedMoments,
     HasScore,
@@ -621,7 +622,7 @@ class Dirichlet(Distribution, HasScore, Reparameterizable):
 
 
 @_pytree_dataclass
-class Bernoulli(Distribution, HasScore, Discrete):
+class Bernoulli(Distribution, HasScore, Binary):
     """Bernoulli(sigmoid(logits)), independent coordinates; samples are float 0/1."""
 
     logits: Array

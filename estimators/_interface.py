@@ -11,9 +11,12 @@ they hold:
 - ``surrogate(...)`` (same arguments) returns a scalar whose ``jax.grad`` is the estimate
   averaged over the samples, including ``function``'s own dependence on anything being
   differentiated (a decoder's weights); its value estimates the objective.
-- ``init() -> state`` and ``update(state, costs, context=None) -> state`` for estimators that
-  carry state (a moving average, a learned baseline); ``()`` and identity otherwise. Call
-  ``update`` AFTER the estimate, with the stopped costs of the samples the estimate used.
+- ``init() -> state`` and ``update(state, costs, context=None, inputs=None) -> state`` for
+  estimators that carry state (a moving average, a learned baseline, REBAR's temperature);
+  ``()`` and identity otherwise. Call ``update`` AFTER the estimate, with the stopped costs of
+  the samples the estimate used and, as ``inputs``, the :class:`EstimateInputs` the estimate
+  was given: an estimator whose state is trained to minimise its own variance (``adaptive``:
+  REBAR, RELAX) differentiates its estimate again from them, and refuses ``inputs=None``.
 - ``requires`` lists the capability markers (``estimators.Reparameterizable``, ...) the
   distribution must have; ``supports(dist)`` asks ``isinstance``, never a list of classes.
 - ``unbiased``, ``multi_sample`` (the samples are used jointly: the rows of ``per_sample`` are
@@ -22,10 +25,14 @@ they hold:
   \sum_k e^{-f(x_k)}]`, the importance-weighted bound with ``f = -log w``), and
   ``cost_evaluations(dim)``, evaluations of ``f`` (or of its gradient) per sample, for
   comparisons per cost.
+- ``bias``: for an estimator declared ``unbiased=False`` (the Concrete relaxation,
+  straight-through), what its expectation is instead, in words (required); its tests hold it
+  to that expectation computed exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -45,9 +52,27 @@ def _no_state() -> tuple[()]:
     return ()
 
 
-def _keep_state(state: Any, costs: Array, context: Any = None) -> Any:
-    del costs, context
+def _keep_state(state: Any, costs: Array, context: Any = None, inputs: Any = None) -> Any:
+    del costs, context, inputs
     return state
+
+
+class EstimateInputs(NamedTuple):
+    """The arguments an estimate was formed with, for a baseline's value or an estimator's
+    ``update``.
+
+    ``function``, ``params``, ``dist_builder``, ``key`` and ``num_samples`` are the estimator's
+    arguments; ``context`` is the caller's conditioning input (a VAE's data point ``x``), or
+    ``None``. A baseline never sees the samples' costs except through a leave-one-out rule
+    that excludes each sample's own cost.
+    """
+
+    function: CostFn
+    params: PyTree
+    dist_builder: DistBuilder
+    key: Array
+    num_samples: int
+    context: Any = None
 
 
 def _one_evaluation(dim: int) -> int:
@@ -77,6 +102,8 @@ class GradientEstimator(NamedTuple):
     cost_evaluations: Callable[[int], int] = _one_evaluation
     label: str = ""
     with_baseline: Callable[[Any], GradientEstimator] | None = None
+    bias: str = ""
+    adaptive: bool = False
 
     def __call__(
         self,
@@ -182,12 +209,17 @@ def gradient_estimator(
     cost_evaluations: Callable[[int], int] = _one_evaluation,
     label: str = "",
     with_baseline: Callable[[Any], GradientEstimator] | None = None,
+    bias: str = "",
+    adaptive: bool = False,
 ) -> GradientEstimator:
     """A :class:`GradientEstimator`, its arguments checked.
 
     ``per_sample`` may take ``state``/``context`` keywords or not (a function with the
     signature of ``estimators.pathwise`` is accepted); without ``surrogate``, the surrogate is
-    :func:`surrogate_from_per_sample`. ``label`` defaults to ``name``.
+    :func:`surrogate_from_per_sample`. ``label`` defaults to ``name``. ``update`` may take
+    ``context``/``inputs`` keywords or not. An estimator declared ``unbiased=False`` must say
+    what it estimates instead in ``bias``; one declared ``adaptive`` (its ``update`` trains its
+    state from the :class:`EstimateInputs`) must carry state.
 
     Example:
       >>> import estimators
@@ -214,7 +246,15 @@ def gradient_estimator(
                 f"gradient_estimator {name!r}: requires must hold capability classes such as "
                 f"estimators.Reparameterizable; got {marker!r}"
             )
+    if not unbiased and not (isinstance(bias, str) and bias.strip()):
+        raise ValueError(
+            f"gradient_estimator {name!r} is declared biased (unbiased=False): say what its "
+            "expectation is instead in bias='...'"
+        )
+    if unbiased and bias:
+        raise ValueError(f"gradient_estimator {name!r}: bias is only for unbiased=False")
     per_sample = _accepting_state(per_sample)
+    update = _accepting(update, ("context", "inputs"))
     if surrogate is None:
         surrogate = surrogate_from_per_sample(per_sample)
     else:
@@ -233,22 +273,30 @@ def gradient_estimator(
         cost_evaluations=cost_evaluations,
         label=label or name,
         with_baseline=with_baseline,
+        bias=bias,
+        adaptive=adaptive,
     )
 
 
 def _accepting_state(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with ``state``/``context`` keywords (dropped if ``fn`` does not take them)."""
+    return _accepting(fn, ("state", "context"))
+
+
+def _accepting(fn: Callable[..., Any], names: tuple[str, ...]) -> Callable[..., Any]:
+    """``fn`` with the keywords ``names`` (those ``fn`` does not take are dropped)."""
     try:
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return fn
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    takes = {n for n in ("state", "context") if takes_all or n in parameters}
-    if takes == {"state", "context"}:
+    takes = {n for n in names if takes_all or n in parameters}
+    if takes == set(names):
         return fn
 
-    def call(*args: Any, state: Any = (), context: Any = None, **kwargs: Any) -> Any:
-        extra = {"state": state, "context": context}
-        return fn(*args, **kwargs, **{k: v for k, v in extra.items() if k in takes})
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        kept = {k: v for k, v in kwargs.items() if k not in names or k in takes}
+        return fn(*args, **kept)
 
     return call

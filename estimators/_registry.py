@@ -13,8 +13,11 @@ A base is a registered name or an importable path ``"package.module:attribute"``
 ``optimal``, ``nvil``; only for estimators that take one, such as the score function) or a
 control variate (``delta``). Options tune the pieces: ``cv_coefficient`` (a float or
 ``"optimal"``), ``cv_coefficient_samples``, ``moving_average_decay``,
-``early_training_heuristic``, ``optimal_baseline_samples``, and ``nvil`` (``(apply, params,
-optimizer)`` of the learned baseline's network, see :func:`estimators.nvil_baseline`).
+``early_training_heuristic``, ``optimal_baseline_samples``, ``nvil`` (``(apply, params,
+optimizer)`` of the learned baseline's network, see :func:`estimators.nvil_baseline`), and for
+the discrete family ``temperature`` (of a relaxation; REBAR's initial one),
+``control_learning_rate`` (of REBAR's and RELAX's variance-minimising step) and
+``relax_control`` (RELAX's control network as ``(apply, params)``; a small one by default).
 
 >>> import estimators
 >>> est = estimators.registry.get("score_function+loo")
@@ -63,6 +66,10 @@ OPTIONS: dict[str, Any] = {
     "early_training_heuristic": False,
     "optimal_baseline_samples": None,
     "nvil": None,
+    # The discrete family's settings.
+    "temperature": 0.5,
+    "control_learning_rate": 1e-2,
+    "relax_control": None,
 }
 
 
@@ -262,6 +269,8 @@ def control_variate_estimator(
         update=base.update,
         requires=tuple(dict.fromkeys(base.requires + requires)),
         unbiased=base.unbiased,
+        bias=base.bias,
+        adaptive=base.adaptive,
         multi_sample=base.multi_sample,
         min_samples=base.min_samples,
         objective=base.objective,

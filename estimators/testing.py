@@ -53,7 +53,7 @@ import numpy as np
 
 from ._common import draw_samples
 from ._distributions import Bernoulli, Beta, Categorical, Dirichlet, Gamma, Normal
-from ._interface import GradientEstimator
+from ._interface import EstimateInputs, GradientEstimator
 
 PyTree = Any
 
@@ -670,14 +670,17 @@ def warm_state(
     estimator: GradientEstimator, fam: Family, key: jax.Array, *, num_samples: int, steps: int = 3
 ) -> Any:
     """``estimator.init()`` updated ``steps`` times with the costs of fresh samples drawn with
-    independent keys (so that a stateful estimator is checked in a state it reaches in use)."""
+    independent keys, and those draws' :class:`EstimateInputs` (so that a stateful estimator,
+    an adaptive one too, is checked in a state it reaches in use)."""
     state = estimator.init()
     if not jax.tree.leaves(state):
         return state
     dist = fam.dist_builder(fam.params)
     for i in range(steps):
-        xs = draw_samples(dist, jax.random.fold_in(key, 0x57A7E + i), num_samples)
-        state = estimator.update(state, jax.vmap(fam.cost)(xs))
+        k = jax.random.fold_in(key, 0x57A7E + i)
+        xs = draw_samples(dist, k, num_samples)
+        inputs = EstimateInputs(fam.cost, fam.params, fam.dist_builder, k, num_samples)
+        state = estimator.update(state, jax.vmap(fam.cost)(xs), inputs=inputs)
     return state
 
 

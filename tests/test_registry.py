@@ -295,3 +295,32 @@ def test_gradient_estimator_rejects_bad_declarations():
         estimators.gradient_estimator("x", estimators.pathwise, min_samples=0)
     with pytest.raises(TypeError, match="capability classes"):
         estimators.gradient_estimator("x", estimators.pathwise, requires=("Normal",))
+    with pytest.raises(ValueError, match="declared biased"):
+        estimators.gradient_estimator("x", estimators.pathwise, unbiased=False)
+    with pytest.raises(ValueError, match="bias is only for unbiased=False"):
+        estimators.gradient_estimator("x", estimators.pathwise, bias="something")
+
+
+def test_update_receives_the_estimate_inputs_when_it_takes_them():
+    """``update`` gets ``context``/``inputs`` only if it takes them; one that takes neither
+    is called with the costs alone."""
+    seen = []
+
+    def update_all(state, costs, context=None, inputs=None):
+        seen.append((context, inputs))
+        return state + 1
+
+    def update_costs_only(state, costs):
+        return state + jnp.sum(costs)
+
+    inputs = estimators.EstimateInputs(cost, PARAMS, normal, KEY, 3)
+    full = estimators.gradient_estimator(
+        "x", estimators.pathwise, init=lambda: 0, update=update_all
+    )
+    assert full.update(0, jnp.ones(3), context="ctx", inputs=inputs) == 1
+    assert seen == [("ctx", inputs)]
+    plain = estimators.gradient_estimator(
+        "y", estimators.pathwise, init=lambda: 0.0, update=update_costs_only
+    )
+    assert float(plain.update(0.0, jnp.ones(3), context="ctx", inputs=inputs)) == 3.0
+    assert estimators.BaselineInputs is estimators.EstimateInputs
