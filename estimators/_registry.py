@@ -36,7 +36,7 @@ from typing import Any
 
 import jax
 
-from . import _baselines
+from . import _baselines, discrete
 from ._baselines import Baseline, BaselineInputs
 from ._capabilities import FactorizedMoments, HasScore, Reparameterizable, WeakDerivative
 from ._common import (
@@ -299,6 +299,7 @@ _BASES: dict[str, Factory] = {
     "measure_valued": lambda **options: measure_valued_estimator(coupling=True),
     "measure_valued_uncoupled": lambda **options: measure_valued_estimator(coupling=False),
     "iwae": lambda **options: iwae_estimator(),
+    **discrete.BASES,
 }
 _MODIFIERS: dict[str, Callable[[GradientEstimator, dict[str, Any]], GradientEstimator]] = {
     "loo": _baseline_modifier(lambda o: _baselines.leave_one_out()),

@@ -1,0 +1,17 @@
+r"""The discrete family: gradient estimators for :math:`\nabla_\theta E_{p(b;\theta)}[f(b)]`
+when :math:`b` is discrete (Bernoulli bits, categorical choices), where the pathwise estimator
+does not apply.
+
+Each module holds one method and the registry names it declares in its ``BASES``
+(``name -> factory(**options) -> GradientEstimator``); :mod:`estimators.registry` registers
+them all, so each joins the conformance battery, the variance runner and the comparisons by
+name. The score function with the leave-one-out baseline (REINFORCE-LOO, Kool et al. 2019) is
+the registry's ``"score_function+loo"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+BASES: dict[str, Callable[..., Any]] = {}
