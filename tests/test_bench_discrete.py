@@ -1,0 +1,118 @@
+"""The plain hand-written estimators of benchmarks/bench_discrete.py are the library's.
+
+bench_discrete.py times each registry estimator against a hand-written version
+(benchmarks/_plain_discrete.py); the comparison means something only if the two compute the
+same estimator. Where the two draw their noise the same way, the plain rows equal the library's
+on the same key (float32 rounding). Where they draw differently (the score function's bits from
+one batched draw instead of one key per sample), their means agree within the standard error of
+the difference. Every plain version of an unbiased estimator is also held to the exact gradient
+by enumeration (2^D outcomes, or 2^(DK) for a K-sample objective). Bonferroni-corrected z
+bounds, fixed keys; not timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import estimators
+from estimators.testing import ALPHA, bonferroni_z
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_discrete as bench  # noqa: E402
+
+DIM = 3
+NUM_SAMPLES = 30_000
+# Pairs whose noise is drawn the same way: rows equal on the same key.
+SAME_NOISE = {
+    "arm",
+    "disarm",
+    "gumbel_softmax",
+    "gumbel_softmax_st",
+    "rebar",
+    "relax",
+}
+NAMES = sorted(bench.PLAIN)
+Z = bonferroni_z(2 * len(NAMES) * DIM, ALPHA)
+
+
+def _registered(name: str) -> estimators.GradientEstimator:
+    try:
+        return estimators.registry.get(name)
+    except ValueError:
+        pytest.skip(f"{name!r} is not registered (yet)")
+
+
+def _rows(name: str, key: jax.Array, num_samples: int = NUM_SAMPLES):
+    """(ours, plain) for the bench's cost at D = DIM: ``[G, K, D]`` each (K = group size)."""
+    cost, params = bench.make_problem(DIM)
+    est = _registered(name)
+    entry = bench.Entry(name, cost, params, num_samples)
+    ours = entry.ours.fn(*entry.ours.args, key)["logits"]
+    theirs = entry.plain.fn(*entry.plain.args, key)
+    shape = (-1, entry.group, DIM)
+    return est, cost, params, ours.reshape(shape), theirs.reshape(shape)
+
+
+def _exact_gradient(cost, logits: jax.Array, group: int, objective: str) -> np.ndarray:
+    """The exact gradient of E[f] (or of E[-log mean_k exp(-f(b_k))] over ``group`` samples)
+    by enumerating every outcome."""
+    dim = logits.shape[0]
+    outcomes = jnp.array(list(itertools.product([0.0, 1.0], repeat=dim * group)))
+    outcomes = outcomes.reshape(-1, group, dim)
+    costs = jax.vmap(jax.vmap(cost))(outcomes)
+    if objective == "mean":
+        values = jnp.mean(costs, axis=1)
+    else:
+        values = -(jax.nn.logsumexp(-costs, axis=1) - jnp.log(group))
+
+    def expectation(lg: jax.Array) -> jax.Array:
+        log_p = jnp.sum(outcomes * lg[None, None] - jax.nn.softplus(lg)[None, None], axis=(1, 2))
+        return jnp.sum(jnp.exp(log_p) * values)
+
+    return np.asarray(jax.grad(expectation)(logits))
+
+
+def _mean_and_se(rows: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over independent groups (the rows of a group are summed)."""
+    groups = np.asarray(rows, np.float64).mean(axis=1)
+    return groups.mean(0), groups.std(0, ddof=1) / np.sqrt(groups.shape[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plain_is_the_library_estimator(name):
+    est, cost, params, ours, theirs = _rows(name, jax.random.key(7))
+    assert ours.shape == theirs.shape
+    if name in SAME_NOISE:
+        np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+        return
+    m_ours, se_ours = _mean_and_se(ours)
+    m_plain, se_plain = _mean_and_se(theirs)
+    assert np.all(np.abs(m_ours - m_plain) <= Z * np.hypot(se_ours, se_plain)), (
+        m_ours,
+        m_plain,
+        se_ours,
+        se_plain,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plain_unbiased_ones_match_enumeration(name):
+    est = _registered(name)
+    if not est.unbiased:
+        pytest.skip(f"{name!r} is biased: held to the library's rows instead")
+    _, cost, params, _, theirs = _rows(name, jax.random.key(8))
+    exact = _exact_gradient(cost, params["logits"], theirs.shape[1], est.objective)
+    mean, se = _mean_and_se(theirs)
+    assert np.all(np.abs(mean - exact) <= Z * se), (mean, exact, se)
+    # The same check rejects a 10% error: in the coordinate where it is largest in SEs, with
+    # probability >= 0.9 (normal approximation).
+    shift = float(np.max(np.abs(0.1 * exact) / se))
+    assert 0.5 * math.erfc((Z - shift) / math.sqrt(2)) >= 0.9, shift
