@@ -25,6 +25,7 @@ they hold:
   \sum_k e^{-f(x_k)}]`, the importance-weighted bound with ``f = -log w``), and
   ``cost_evaluations(dim)``, evaluations of ``f`` (or of its gradient) per sample, for
   comparisons per cost.
+- ``reference``: the paper the estimator comes from (``"Yin & Zhou 2019"``), for tables.
 - ``bias``: for an estimator declared ``unbiased=False`` (the Concrete relaxation,
   straight-through), what its expectation is instead, in words (required); its tests hold it
   to that expectation computed exactly.
@@ -104,6 +105,7 @@ class GradientEstimator(NamedTuple):
     with_baseline: Callable[[Any], GradientEstimator] | None = None
     bias: str = ""
     adaptive: bool = False
+    reference: str = ""
 
     def __call__(
         self,
@@ -211,6 +213,7 @@ def gradient_estimator(
     with_baseline: Callable[[Any], GradientEstimator] | None = None,
     bias: str = "",
     adaptive: bool = False,
+    reference: str = "",
 ) -> GradientEstimator:
     """A :class:`GradientEstimator`, its arguments checked.
 
@@ -275,6 +278,7 @@ def gradient_estimator(
         with_baseline=with_baseline,
         bias=bias,
         adaptive=adaptive,
+        reference=reference,
     )
 
 
