@@ -32,7 +32,7 @@ import importlib
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -56,6 +56,20 @@ from ._pathwise import pathwise, pathwise_surrogate
 from ._score_function import score_function, score_function_surrogate
 
 Factory = Callable[..., GradientEstimator]
+
+
+def _join_references(*references: str) -> str:
+    """``"A; B"`` without empty or repeated entries."""
+    parts = [p.strip() for r in references for p in r.split(";")]
+    return "; ".join(dict.fromkeys(p for p in parts if p))
+
+
+_BASELINE_REFERENCES = {
+    "loo": "Kool et al. 2019",
+    "moving_average": "Williams 1992",
+    "optimal": "Mohamed et al. 2020 (sec. 7.4)",
+    "nvil": "Mnih & Gregor 2014",
+}
 Modifier = Callable[..., GradientEstimator]
 
 # Every option a runner may pass; a name outside these is a typo, and an error.
@@ -100,6 +114,7 @@ def pathwise_estimator() -> GradientEstimator:
         surrogate=pathwise_surrogate,
         requires=(Reparameterizable,),
         label="pathwise",
+        reference="Kingma & Welling 2014; Rezende et al. 2014",
     )
 
 
@@ -117,6 +132,7 @@ def score_function_estimator(baseline: Baseline | None = None) -> GradientEstima
             requires=(HasScore,),
             label="score function",
             with_baseline=score_function_estimator,
+            reference="Williams 1992",
         )
     if not isinstance(baseline, Baseline):
         raise TypeError(
@@ -153,6 +169,7 @@ def score_function_estimator(baseline: Baseline | None = None) -> GradientEstima
         multi_sample=baseline.min_samples > 1,
         min_samples=baseline.min_samples,
         label=f"score function + {baseline.label}",
+        reference=_join_references("Williams 1992", _BASELINE_REFERENCES.get(baseline.name, "")),
     )
 
 
@@ -165,6 +182,7 @@ def measure_valued_estimator(*, coupling: bool = True) -> GradientEstimator:
         requires=(WeakDerivative,),
         cost_evaluations=lambda dim: 4 * dim,
         label="measure-valued" + ("" if coupling else " (uncoupled)"),
+        reference="Pflug 1989; Mohamed et al. 2020 (sec. 6)",
     )
 
 
@@ -203,6 +221,7 @@ def iwae_estimator() -> GradientEstimator:
         multi_sample=True,
         objective="log_mean_exp",
         label="IWAE (pathwise)",
+        reference="Burda et al. 2016",
     )
 
 
@@ -241,6 +260,7 @@ def control_variate_estimator(
     *,
     name: str,
     label: str,
+    reference: str = "",
     requires: tuple[type, ...] = (),
     coefficient: float | str = 1.0,
     num_coefficient_samples: int = 20,
@@ -276,6 +296,7 @@ def control_variate_estimator(
         objective=base.objective,
         cost_evaluations=base.cost_evaluations,
         label=f"{base.label} + {label}",
+        reference=_join_references(base.reference, reference),
     )
 
 
@@ -287,6 +308,7 @@ def _delta(base: GradientEstimator, options: dict[str, Any]) -> GradientEstimato
         delta_method,
         name="delta",
         label="delta method",
+        reference="Mohamed et al. 2020 (sec. 7.2)",
         requires=(FactorizedMoments,),
         coefficient=options["cv_coefficient"],
         num_coefficient_samples=options["cv_coefficient_samples"],
@@ -438,3 +460,104 @@ def sample_costs(
     ``key`` (for an estimator's ``update``)."""
     dist = jax.lax.stop_gradient(dist_builder(params))
     return jax.lax.stop_gradient(jax.vmap(function)(draw_samples(dist, key, num_samples)))
+
+
+# --- What each estimator is, for tables ----------------------------------------------------
+
+
+class EstimatorInfo(NamedTuple):
+    """One row of :func:`describe`: what an estimator declares, in words."""
+
+    spec: str
+    label: str
+    objective: str  # "mean" or "log_mean_exp"
+    unbiased: str  # "yes", or "no: <what it estimates instead>"
+    evaluations: str  # evaluations of f (or its gradient) per sample: "2", "4 D"
+    samples: str  # "1" (independent rows) or "K >= k, jointly"
+    state: str  # "none", "running", "learned (adaptive)"
+    distributions: tuple[str, ...]
+    reference: str
+
+
+def _evaluations(est: GradientEstimator) -> str:
+    one, two = est.cost_evaluations(1), est.cost_evaluations(2)
+    if one == two:
+        return str(one)
+    slope, offset = two - one, 2 * one - two
+    return f"{slope} D" + (f" + {offset}" if offset else "")
+
+
+def describe(
+    spec: str, distributions: dict[str, Any] | None = None, **options: Any
+) -> EstimatorInfo:
+    """What the estimator ``spec`` declares, in words: unbiased (or what it estimates
+    instead), evaluations of ``f`` per sample, how it uses its samples, its state, the
+    distributions it supports (of ``distributions``, name -> instance; by default one of
+    each of the package's) and its reference."""
+    est = get(spec, **options)
+    if distributions is None:
+        distributions = _example_distributions()
+    state = jax.tree.leaves(est.init())
+    return EstimatorInfo(
+        spec=spec,
+        label=est.label,
+        objective=est.objective,
+        unbiased="yes" if est.unbiased else f"no: {est.bias}",
+        evaluations=_evaluations(est),
+        samples=f"K >= {est.min_samples}, jointly" if est.multi_sample else "1",
+        state="learned (adaptive)" if est.adaptive else ("running" if state else "none"),
+        distributions=tuple(n for n, d in distributions.items() if est.supports(d)),
+        reference=est.reference,
+    )
+
+
+def _example_distributions() -> dict[str, Any]:
+    """One instance of each distribution the package defines (for :func:`describe`)."""
+    import jax.numpy as jnp
+
+    from . import _distributions, discrete
+
+    one, two = jnp.ones(()), jnp.full((), 2.0)
+    out: dict[str, Any] = {
+        "Normal": _distributions.Normal(one, one),
+        "Gamma": _distributions.Gamma(two, one),
+        "Beta": _distributions.Beta(two, two),
+        "Dirichlet": _distributions.Dirichlet(jnp.ones(3)),
+        "Bernoulli": _distributions.Bernoulli(jnp.zeros(())),
+        "Categorical": _distributions.Categorical(jnp.zeros(3)),
+    }
+    one_hot = getattr(discrete, "OneHotCategorical", None)
+    if one_hot is not None:
+        out["OneHotCategorical"] = one_hot(jnp.zeros(3))
+    return out
+
+
+def markdown_table(specs: list[str] | tuple[str, ...] | None = None) -> str:
+    """The :func:`describe` rows of ``specs`` (by default every base, and the score function
+    with each baseline that needs no option) as a Markdown table."""
+    if specs is None:
+        bases = [n for n in names() if not n.startswith("+")]
+        specs = [*bases, *(f"score_function+{b}" for b in ("loo", "moving_average", "optimal"))]
+    head = (
+        "| estimator | spec | objective | unbiased? | evaluations of f per sample | samples "
+        "| state | distributions | reference |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    notes = []
+    for spec in specs:
+        r = describe(spec)
+        if r.unbiased != "yes":
+            notes.append(f"- `{r.spec}` is biased: {r.unbiased.removeprefix('no: ')}")
+        cells = (
+            r.label,
+            f"`{r.spec}`",
+            r.objective,
+            "yes" if r.unbiased == "yes" else "no (below)",
+            r.evaluations,
+            r.samples,
+            r.state,
+            ", ".join(r.distributions),
+            r.reference,
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", *notes] if notes else lines)

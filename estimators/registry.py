@@ -6,10 +6,13 @@ base name that then composes with every modifier.
 """
 
 from ._registry import OPTIONS as OPTIONS
+from ._registry import EstimatorInfo as EstimatorInfo
 from ._registry import control_variate_estimator as control_variate_estimator
+from ._registry import describe as describe
 from ._registry import get as get
 from ._registry import iwae_estimator as iwae_estimator
 from ._registry import label as label
+from ._registry import markdown_table as markdown_table
 from ._registry import measure_valued_estimator as measure_valued_estimator
 from ._registry import names as names
 from ._registry import pathwise_estimator as pathwise_estimator

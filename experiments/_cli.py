@@ -5,6 +5,7 @@
     python -m experiments show <config> [--config.<key>=<value> ...]
     python -m experiments plot <workdir>
     python -m experiments reproduce [<config> ...] --outdir <dir> [--skip-existing]
+    python -m experiments estimators [<spec> ...]
 
 ``<config>`` is a bundled config name (``fig2``) or a path to a config file. ``mcgrad`` is the
 same command installed as a console script.
@@ -240,6 +241,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip a config whose workdir holds a finished run of the same config",
     )
+    est = sub.add_parser(
+        "estimators", help="print what each estimator declares, as a Markdown table"
+    )
+    est.add_argument(
+        "specs", nargs="*", help="registry specs (default: every base and baselined REINFORCE)"
+    )
     return p
 
 
@@ -352,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.command == "reproduce":
                 return _reproduce(args, overrides)
+            if args.command == "estimators":
+                import estimators
+
+                print(estimators.registry.markdown_table(args.specs or None))
+                return 0
     except (_config.ConfigError, _workdir.WorkdirError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -357,3 +357,12 @@ def test_sigterm_handler_is_restored(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises here, at once
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_estimators_prints_the_registry_table_and_names_an_unknown_spec(capsys):
+    assert _cli.main(["estimators", "pathwise", "score_function+loo"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| estimator | spec |") and len(out) == 4
+    assert "`score_function+loo`" in out[3] and "Kool et al. 2019" in out[3]
+    assert _cli.main(["estimators", "pathwize"]) == 2
+    assert "did you mean 'pathwise'" in capsys.readouterr().err

@@ -324,3 +324,25 @@ def test_update_receives_the_estimate_inputs_when_it_takes_them():
     )
     assert float(plain.update(0.0, jnp.ones(3), context="ctx", inputs=inputs)) == 3.0
     assert estimators.BaselineInputs is estimators.EstimateInputs
+
+
+def test_describe_states_each_declaration_in_words():
+    """The table rows come from the estimators' own declarations."""
+    rows = {s: estimators.registry.describe(s) for s in ("pathwise", "measure_valued", "iwae")}
+    assert rows["pathwise"].unbiased == "yes" and rows["pathwise"].evaluations == "1"
+    assert rows["measure_valued"].evaluations == "4 D"  # cost_evaluations(dim) = 4 dim
+    assert rows["measure_valued"].distributions == ("Normal",)
+    assert rows["iwae"].objective == "log_mean_exp" and "jointly" in rows["iwae"].samples
+    assert "Burda" in rows["iwae"].reference
+    loo = estimators.registry.describe("score_function+loo")
+    assert loo.reference == "Williams 1992; Kool et al. 2019" and loo.samples == "K >= 2, jointly"
+    biased = estimators.gradient_estimator(
+        "b", estimators.pathwise, unbiased=False, bias="half the gradient"
+    )
+    estimators.registry.register("half_biased_example", biased, overwrite=True)
+    try:
+        table = estimators.registry.markdown_table(["half_biased_example", "pathwise"])
+    finally:
+        estimators._registry._BASES.pop("half_biased_example")
+    assert "| no (below) |" in table and "`half_biased_example` is biased: half the gradient" in table
+    assert table.count("\n|") == 3  # header rule and two rows
