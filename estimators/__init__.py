@@ -68,3 +68,11 @@ from ._pathwise import pathwise as pathwise
 from ._pathwise import pathwise_surrogate as pathwise_surrogate
 from ._score_function import score_function as score_function
 from ._score_function import score_function_surrogate as score_function_surrogate
+from .discrete._relaxations import gumbel_softmax as gumbel_softmax
+from .discrete._relaxations import (
+    gumbel_softmax_straight_through as gumbel_softmax_straight_through,
+)
+from .discrete._relaxations import straight_through as straight_through
+from .discrete._relaxed import OneHotCategorical as OneHotCategorical
+from .discrete._relaxed import RelaxedBernoulli as RelaxedBernoulli
+from .discrete._relaxed import RelaxedOneHotCategorical as RelaxedOneHotCategorical

@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import ClassVar, NamedTuple, dataclass_transform
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +63,14 @@ from ._capabilities import (
     Discrete,
     FactorizedMoments,
     HasScore,
+    Relaxable,
     Reparameterizable,
     StandardNoise,
     WeakDerivative,
 )
+
+if TYPE_CHECKING:
+    from .discrete._relaxed import RelaxedBernoulli
 
 Array = jax.Array
 Shape = Sequence[int]
@@ -622,8 +626,12 @@ class Dirichlet(Distribution, HasScore, Reparameterizable):
 
 
 @_pytree_dataclass
-class Bernoulli(Distribution, HasScore, Binary):
-    """Bernoulli(sigmoid(logits)), independent coordinates; samples are float 0/1."""
+class Bernoulli(Distribution, HasScore, Binary, Relaxable):
+    """Bernoulli(sigmoid(logits)), independent coordinates; samples are float 0/1.
+
+    ``relaxed(temperature)`` is its Binary Concrete relaxation,
+    :class:`estimators.RelaxedBernoulli` (a cost must then be defined on ``[0, 1]^D``).
+    """
 
     logits: Array
 
@@ -653,6 +661,13 @@ class Bernoulli(Distribution, HasScore, Binary):
         (logits,) = _expand(jnp.shape(x), self.logits)
         lp = x * logits - jax.nn.softplus(logits)
         return self._sum_event(lp)
+
+    def relaxed(self, temperature: Array | float) -> RelaxedBernoulli:
+        """The Binary Concrete relaxation at ``temperature``: ``RelaxedBernoulli(logits,
+        temperature)`` (``estimators.discrete._relaxed``)."""
+        from .discrete._relaxed import RelaxedBernoulli  # here: that module imports this one
+
+        return RelaxedBernoulli(self.logits, temperature)  # type: ignore[arg-type]
 
 
 @_pytree_dataclass

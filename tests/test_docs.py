@@ -24,6 +24,8 @@ MODULES = [
     "estimators._pathwise",
     "estimators._registry",
     "estimators._score_function",
+    "estimators.discrete._relaxations",
+    "estimators.discrete._relaxed",
     "estimators.testing",
 ]
 # The estimators and their pieces: each docstring must carry a runnable example.
@@ -40,6 +42,9 @@ MUST_HAVE_EXAMPLE = [
     "optimal_baseline",
     "nvil_baseline",
     "gradient_estimator",
+    "gumbel_softmax",
+    "gumbel_softmax_straight_through",
+    "straight_through",
 ]
 
 

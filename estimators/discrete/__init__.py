@@ -14,4 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from . import _relaxations
+
 BASES: dict[str, Callable[..., Any]] = {}
+BASES.update(_relaxations.BASES)
