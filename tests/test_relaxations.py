@@ -619,10 +619,11 @@ def test_hard_samples_have_the_discrete_law():
 
 
 @pytest.mark.parametrize("name", ESTIMATOR_NAMES)
-def test_one_hot_categorical_shapes_surrogate_and_jit(name):
+def test_one_hot_categorical_shapes_and_surrogate(name):
     """On a batch of 2 one-hot categoricals: rows [N, 2, 3]; jax.grad of the surrogate == the
-    mean of per_sample (same key); jit == eager; a cost's own parameters get their gradient
-    through the surrogate (at the relaxed or discrete samples)."""
+    mean of per_sample (same key); a cost's own parameters get their gradient through the
+    surrogate (at the relaxed or discrete samples). (jit == eager: the battery, on the
+    Bernoulli, runs the same code.)"""
     est = registry.get(name)
     params = {"logits": jnp.float32([[0.2, -0.5, 1.0], [1.2, 0.0, -0.7]])}
 
@@ -635,8 +636,6 @@ def test_one_hot_categorical_shapes_surrogate_and_jit(name):
     key = jax.random.key(6)
     rows = est.per_sample(cost(1.0), params, build, key, num_samples=64)
     assert rows["logits"].shape == (64, 2, 3)
-    jitted = jax.jit(lambda p, k: est.per_sample(cost(1.0), p, build, k, num_samples=64))
-    np.testing.assert_allclose(jitted(params, key)["logits"], rows["logits"], rtol=1e-5, atol=1e-6)
     g_p, g_w = jax.grad(
         lambda p, w: est.surrogate(cost(w), p, build, key, num_samples=64), argnums=(0, 1)
     )(params, 1.0)
