@@ -211,19 +211,19 @@ def test_rebar_with_eta_zero_is_reinforce_and_matches_a_grid_integral():
 # --- Monte Carlo side and the runner ------------------------------------------------------
 
 
-def _registered() -> tuple[str, ...]:
-    """The estimators with an exact value that the registry has now (others land later), and a
-    stateful one (its state updated before it is measured)."""
+def _registered(names: tuple[str, ...] = exact.EXACT) -> tuple[str, ...]:
+    """Those of ``names`` that the registry has now (others land later)."""
     bases = set(estimators.registry.names())
-    have = tuple(s for s in exact.EXACT if s.split("+")[0] in bases)
-    return (*have, "score_function+moving_average")
+    return tuple(s for s in names if s.split("+")[0] in bases)
+
+
+# One of each kind of exact computation in the default run; all of them with -m slow.
+SOME = ("score_function", "score_function+loo", "gumbel_softmax_st", "disarm", "rebar")
 
 
 def _small(name: str, *overrides: str):
     config = experiments.load_config(name)
-    experiments.apply_overrides(
-        config, ["progress=false", f"estimators={_registered()!r}", *overrides]
-    )
+    experiments.apply_overrides(config, ["progress=false", *overrides])
     return config
 
 
@@ -242,19 +242,25 @@ def _check_points(points, scale: float = 1.0) -> int:
     return failures
 
 
-def test_theta_config_runs_and_its_points_match_the_exact_lines(tmp_path):
+@pytest.mark.parametrize(
+    "names", [pytest.param(SOME, id="some"), pytest.param(exact.EXACT, marks=pytest.mark.slow)]
+)
+def test_theta_config_runs_and_its_points_match_the_exact_lines(tmp_path, names):
+    """Every file; each point within Bonferroni z SE of the exact value (REBAR in its initial
+    state: adapt_steps=0), and the same check rejects values 10% off."""
     config = _small(
         "rebar_toy",
+        f"estimators={_registered(names)!r}",
         "num_estimates=4000",
         "theta_grid.num=8",
         "mc_every=2",
-        "adapt_steps=2",
+        "adapt_steps=0",
     )
     results = experiments.run_experiment(config, tmp_path / "toy")
     for name in ("results.json", "results.csv", "rebar_toy.png", "rebar_toy.pdf", "config.json"):
         assert (tmp_path / "toy" / name).is_file(), name
     specs = set(results["estimators"])
-    assert specs == set(_registered())
+    assert specs == set(_registered(names))
     assert len(results["points"]) == 4 * len(specs)
     assert _check_points(results["points"]) == 0
     # The same check has power: values 10% off are rejected at most points.
@@ -267,9 +273,16 @@ def test_theta_config_runs_and_its_points_match_the_exact_lines(tmp_path):
 
 
 def test_dims_config_runs_and_its_points_match(tmp_path):
-    specs = ("score_function", "score_function+loo", "score_function+optimal")
-    specs += tuple(s for s in ("disarm",) if s in estimators.registry.names())
-    config = _small("discrete_dims", "num_estimates=3000", "dims=(1, 7)", f"estimators={specs!r}")
+    """D = 1 and 7 against the exact values; a stateful estimator (no exact value) is updated
+    adapt_steps times at each point first."""
+    specs = (*_registered(("score_function+optimal", "arm")), "score_function+moving_average")
+    config = _small(
+        "discrete_dims",
+        "num_estimates=3000",
+        "dims=(1, 7)",
+        "adapt_steps=3",
+        f"estimators={specs!r}",
+    )
     results = experiments.run_experiment(config, tmp_path / "dims")
     assert (tmp_path / "dims" / "discrete_dims.png").is_file()
     assert {p["dim"] for p in results["points"]} == {1, 7}
@@ -341,3 +354,77 @@ def test_all_expands_to_the_registry():
         assert (name in expanded) == fits, name
     assert "score_function+loo" in expanded and "score_function+optimal" in expanded
     json.dumps(expanded)
+
+
+# --- Trajectories ---------------------------------------------------------------------------
+
+
+def _adam_reference(theta0: float, t: float, steps: int, lr: float) -> np.ndarray:
+    """Adam (Kingma & Ba 2015, beta 0.9/0.999, eps 1e-8) on the logit with the exact gradient
+    theta (1 - theta)(1 - 2t), written out in NumPy."""
+    alpha, m, v = np.log(theta0 / (1 - theta0)), 0.0, 0.0
+    out = [alpha]
+    for i in range(1, steps + 1):
+        p = 1 / (1 + np.exp(-alpha))
+        g = p * (1 - p) * (1 - 2 * t)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
+        alpha -= lr * (m / (1 - 0.9**i)) / (np.sqrt(v / (1 - 0.999**i)) + 1e-8)
+        out.append(alpha)
+    return 1 / (1 + np.exp(-np.array(out)))
+
+
+ADAPTIVE = pytest.param(
+    ("rebar", "relax"), marks=pytest.mark.slow, id="adaptive"
+)  # their compiles take ~40 s on the loaded 2-core CPU
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(("score_function+loo", "score_function+moving_average"), id="stateful"),
+        ADAPTIVE,
+    ],
+)
+def test_trajectories_config_runs(tmp_path, extra):
+    """A tiny run writes every file; the exact gradient's trajectory is Adam's written out in
+    NumPy; a stateful estimator is updated every step (the adaptive ones: -m slow)."""
+    specs = ("score_function", *_registered(extra))
+    config = _small(
+        "relax_fig1",
+        f"estimators={specs!r}",
+        "steps=60",
+        "record_every=20",
+        "num_seeds=2",
+        "variance_estimates=50",
+    )
+    results = experiments.run_experiment(config, tmp_path / "traj")
+    for name in ("results.json", "results.csv", "relax_fig1.png", "relax_fig1.pdf"):
+        assert (tmp_path / "traj" / name).is_file(), name
+    assert results["steps"] == [0, 20, 40, 60]
+    reference = _adam_reference(0.5, 0.499, 60, 0.01)[::20]
+    np.testing.assert_allclose(results["runs"]["exact gradient"]["theta"][0], reference, rtol=1e-5)
+    for spec in specs:
+        run = results["runs"][spec]
+        assert run["seeds"] == 2 and len(run["theta"]) == 2 and len(run["theta"][0]) == 4
+        assert run["diverged_seeds"] == [] and 0 <= run["reached_optimum_side"] <= 2
+        assert run["final_theta_mean"] == pytest.approx(np.mean(run["final_theta"]))
+        assert all(v is None or v >= 0 for row in run["variance"] for v in row)
+    # At theta = 0.5 (step 0) the recorded variance is the exact one within its SE (50 calls).
+    v0 = np.array([row[0] for row in results["runs"]["score_function"]["variance"]])
+    exact_v0 = exact.moments("score_function", np.array([0.5]), 0.499).variance[0]
+    assert np.all(np.abs(v0 - exact_v0) < 6 * exact_v0 * np.sqrt(2 / 49))
+    rows = (tmp_path / "traj" / "results.csv").read_text().splitlines()
+    assert rows[0] == "estimator,seed,step,theta,variance,variance_per_cost"
+    assert len(rows) == 1 + 4 * (1 + 2 * len(specs))
+
+
+def test_diverged_runs_are_named_and_not_averaged():
+    from experiments.discrete_toy.trajectories import _summary
+
+    theta = np.array([[0.5, 0.3, 0.1], [0.5, np.nan, np.nan], [0.5, 0.6, 0.7]])
+    s = _summary(theta)
+    assert s["diverged_seeds"] == [1]
+    assert s["final_theta"] == [0.1, None, 0.7]
+    assert s["final_theta_mean"] == pytest.approx(0.4)
+    assert s["final_theta_se"] == pytest.approx(np.std([0.1, 0.7], ddof=1) / np.sqrt(2))
+    assert s["reached_optimum_side"] == 1

@@ -153,3 +153,14 @@ def describe(
             },
         }
     return out
+
+
+def styles(n: int) -> list[tuple[Any, str, str]]:
+    """``n`` distinct (colour, line style, marker): tab10, then tab10 again dashed, ..."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab10"].colors
+    lines, markers = ("-", "--", ":", "-."), "osD^v<>ph*"
+    return [
+        (colors[i % 10], lines[(i // 10) % len(lines)], markers[i % len(markers)]) for i in range(n)
+    ]

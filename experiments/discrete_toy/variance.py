@@ -6,7 +6,7 @@ Each estimate is of :math:`\partial E f / \partial\alpha_1` (the logit of coordi
 of ``f`` the estimate costs (``measure.evaluations``), so that one-sample, two-evaluation
 (ARM/DisARM) and ``K``-sample estimators compare at equal cost. Lines: the exact values of
 ``exact.moments`` where one exists (REBAR's at its initial :math:`\eta = 1` and temperature,
-dashed: its points are after ``adapt_steps`` updates); points: Monte Carlo, ``num_estimates``
+dotted: its points are after ``adapt_steps`` updates); points: Monte Carlo, ``num_estimates``
 independent estimates each, +-2 standard errors. Biased estimators also get a panel of their
 bias :math:`E g - \partial E f/\partial\alpha_1` (exact lines, Monte Carlo points).
 """
@@ -242,16 +242,15 @@ def plot(workdir: str | Path) -> list[Path]:
     ncols = 2 if biased else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.8), squeeze=False)
     ax_var, ax_bias = axes[0, 0], (axes[0, 1] if biased else None)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    markers = "osD^v<>ph*"
+    style = _common.styles(len(ests))
     shown: list[float] = []
     xkey = "dim" if by_dim else "theta"
     for i, (spec, info) in enumerate(ests.items()):
-        color, marker = colors[i % len(colors)], markers[(i // len(colors)) % len(markers)]
+        color, line, marker = style[i]
         for curve in results["exact"]:
             if curve["estimator"] != spec:
                 continue
-            ls = "--" if curve["initial_state"] else "-"
+            ls = ":" if curve["initial_state"] else line
             ax_var.plot(curve["x"], curve["variance_per_cost"], color=color, lw=1.4, ls=ls)
             shown += curve["variance_per_cost"]
             if ax_bias is not None and not info["unbiased"]:
@@ -284,7 +283,6 @@ def plot(workdir: str | Path) -> list[Path]:
     else:
         ax_var.set_xlabel(r"$\theta$")
     ax_var.grid(True, alpha=0.3)
-    ax_var.legend(fontsize=7, frameon=False, ncol=1 if len(ests) < 8 else 2)
     if ax_bias is not None:
         ax_bias.axhline(0.0, color="0.5", lw=0.8)
         ax_bias.set_xlabel(ax_var.get_xlabel())
@@ -302,10 +300,14 @@ def plot(workdir: str | Path) -> list[Path]:
     if adaptive:
         note += (
             f"\nadaptive estimators updated {results['adapt_steps']} times at each point before "
-            "measuring; dashed: REBAR's exact value at its initial $\\eta$, temperature"
+            "measuring; dotted: REBAR's exact value at its initial $\\eta$, temperature"
         )
     fig.suptitle(f"{results['title']}\n{note}", fontsize=9)
-    fig.tight_layout()
+    handles, labels = ax_var.get_legend_handles_labels()
+    ncol = 3
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    rows = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
     paths = save_figure(fig, workdir / results["name"])
     plt.close(fig)
     return paths
