@@ -66,6 +66,47 @@ def disarm(f: Cost, logits: Array, key: Array, num_samples: int) -> Array:
     return 0.5 * (jax.vmap(f)(b) - jax.vmap(f)(bt))[:, None] * weight
 
 
+def arms(f: Cost, logits: Array, key: Array, num_samples: int) -> Array:
+    r"""ARMS (Dimitriev & Zhou 2021) with the Dirichlet copula, ``K = num_samples``: per
+    coordinate :math:`w \sim \mathrm{Dirichlet}(1, \dots, 1)` (normalised exponentials), the
+    rarer value (probability :math:`m = \sigma(-|\ell|)`) where :math:`w_k > s = 1 -
+    m^{1/(K-1)}`, and :math:`(f_k - \mathrm{mean}_{j\ne k} f_j)(b_k - \sigma(\ell)) / (1 -
+    \rho)`, :math:`1 - \rho = (m - (1 - 2s)_+^{K-1}) / (m (1 - m))`."""
+    k = num_samples
+    e = jax.random.exponential(key, (k, logits.shape[0]))
+    w = e / jnp.sum(e, axis=0, keepdims=True)
+    m = jax.nn.sigmoid(-jnp.abs(logits))
+    s = 1.0 - m ** (1.0 / (k - 1))
+    rare = (w > s[None]).astype(w.dtype)
+    b = jnp.where((logits < 0)[None], rare, 1.0 - rare)
+    one_minus_rho = (m - jnp.maximum(1.0 - 2.0 * s, 0.0) ** (k - 1)) / (m * (1.0 - m))
+    fs = jax.vmap(f)(b)
+    baseline = (jnp.sum(fs) - fs) / (k - 1)
+    return (fs - baseline)[:, None] * (b - jax.nn.sigmoid(logits)[None]) / one_minus_rho[None]
+
+
+def arms_systematic(f: Cost, logits: Array, key: Array, num_samples: int) -> Array:
+    r"""ARMS's estimator (as :func:`arms`) on ``K = num_samples`` bits drawn by systematic
+    sampling: per coordinate :math:`u_k = (\pi_k + v) / K`, :math:`\pi` a random permutation
+    (ranks of uniforms), :math:`v \sim U(0, 1)`, the rarer value where :math:`u_k < m`; then
+    :math:`1 - \rho = (m - r_{11}) / (m (1 - m))` with :math:`r_{11} = (a(a-1) + 2ar) / (K(K-1))`,
+    :math:`Km = a + r` (:math:`a` its integer part)."""
+    k = num_samples
+    kv, kp = jax.random.split(key)
+    v = jax.random.uniform(kv, logits.shape)
+    ranks = jnp.argsort(jax.random.uniform(kp, (k, logits.shape[0])), axis=0)
+    u = (ranks + v[None]) / k
+    m = jax.nn.sigmoid(-jnp.abs(logits))
+    rare = (u < m[None]).astype(u.dtype)
+    b = jnp.where((logits < 0)[None], rare, 1.0 - rare)
+    a = jnp.floor(k * m)
+    r = k * m - a
+    one_minus_rho = (m - (a * (a - 1) + 2 * a * r) / (k * (k - 1))) / (m * (1.0 - m))
+    fs = jax.vmap(f)(b)
+    baseline = (jnp.sum(fs) - fs) / (k - 1)
+    return (fs - baseline)[:, None] * (b - jax.nn.sigmoid(logits)[None]) / one_minus_rho[None]
+
+
 def _logistic(u: Array) -> Array:
     return jnp.log(u) - jnp.log1p(-u)
 
@@ -168,13 +209,29 @@ def relax(
     logits: Array,
     key: Array,
     num_samples: int,
-    control: Callable[[Array], Array],
+    eta: Array,
+    temperature: Array,
+    net: Callable[[Array], Array],
 ) -> Array:
-    r"""RELAX (Grathwohl et al. 2018, eq. 8) for a given control :math:`c_\phi(z)` (a function
-    of the relaxed sample ``z: [D]``; the benchmark passes the library's default control
-    rewritten here, see bench_discrete.py)."""
+    r"""RELAX (Grathwohl et al. 2018, eq. 8) with the control of its discrete experiments, the
+    relaxed cost plus a network: :math:`c(z) = \eta f(\sigma(z/\lambda)) + r(z)`
+    (``net(z: [D]) -> []``)."""
     u, v = _rebar_noise(logits, key, num_samples)
+
+    def control(z: Array) -> Array:
+        return eta * f(jax.nn.sigmoid(z / temperature)) + net(z)
+
     return jax.vmap(lambda ui, vi: _control_estimate(f, control, logits, ui, vi))(u, v)
+
+
+def coordinatewise_mlp(w1: Array, b1: Array, w2: Array, b2: Array) -> Callable[[Array], Array]:
+    r"""The library's default RELAX network: :math:`r(z) = \sum_d (w_2^\top \tanh(w_1 z_d +
+    b_1) + b_2)`, one small MLP (hidden width ``H``) on each coordinate, summed."""
+
+    def net(z: Array) -> Array:
+        return jnp.sum(jnp.tanh(z[:, None] * w1[None] + b1[None]) @ w2 + b2)
+
+    return net
 
 
 def vimco(f: Cost, logits: Array, key: Array, num_samples: int) -> Array:
@@ -192,3 +249,77 @@ def vimco(f: Cost, logits: Array, key: Array, num_samples: int) -> Array:
     replaced = jnp.where(jnp.eye(k, dtype=bool), others_mean[:, None], log_w[None, :])
     bound_without = jax.nn.logsumexp(replaced, axis=1) - jnp.log(k)
     return k * (bound_without - bound)[:, None] * (b - p[None])
+
+
+def double_cv(f: Cost, logits: Array, key: Array, num_samples: int, alpha: Array) -> Array:
+    r"""Double control variates (Titsias & Shi 2022) on REINFORCE-LOO, ``K = num_samples``:
+    the cost corrected by the Taylor term :math:`\alpha\,\bar g_{-k}^\top (b_k - \sigma(\ell))`
+    (:math:`\bar g_{-k}` the others' mean gradient of ``f``), its closed-form mean
+    :math:`\alpha\,\bar g_{-k}\,\sigma(1-\sigma)` subtracted:
+    :math:`(\tilde f_k - \frac1{K-1}\sum_{j\ne k}\tilde f_j)(b_k - \sigma(\ell)) - \alpha\,\bar
+    g_{-k}\,\sigma(\ell)(1 - \sigma(\ell))`."""
+    k = num_samples
+    p = jax.nn.sigmoid(logits)
+    b = jax.random.bernoulli(key, p[None], (k, p.shape[0])).astype(p.dtype)
+    fs, gs = jax.vmap(jax.value_and_grad(f))(b)
+    score = b - p[None]
+    g_others = (jnp.sum(gs, axis=0)[None] - gs) / (k - 1)
+    corrected = fs + alpha * jnp.sum(g_others * score, axis=1)
+    baseline = (jnp.sum(corrected) - corrected) / (k - 1)
+    return (corrected - baseline)[:, None] * score - alpha * g_others * (p * (1 - p))[None]
+
+
+def rodeo(
+    f: Cost,
+    logits: Array,
+    key: Array,
+    num_samples: int,
+    net: Callable[[Array, Array], Array],
+    alpha: Array,
+    beta: Array,
+) -> Array:
+    r"""RODEO (Shi et al. 2022) on REINFORCE-LOO, ``K = num_samples``, with the Gibbs Stein
+    operator :math:`(\mathcal A h)(x) = \frac1D\sum_d q(\neg x_d)(h(x^{(d)}) - h(x))` and the
+    leave-one-out base functions :math:`h_k(y) = \mathrm{mean}_{j\ne k}\,\mathrm{net}(f_j,
+    g_j^\top(y - b_j)) \in R^2` (``net(f, lin) -> [2]``): row ``k`` is
+    :math:`(f_k - \mathrm{mean}_{j\ne k}(f_j + \alpha\,\mathcal A h^0_j(b_j)))(b_k - \sigma)
+    + \beta\,\mathcal A[h^1_k(y)(y - \sigma)](b_k)`. Written as the formula reads: ``h`` at
+    the ``D`` flipped neighbours of each sample, by ``vmap``."""
+    k = num_samples
+    p = jax.nn.sigmoid(logits)
+    b = jax.random.bernoulli(key, p[None], (k, p.shape[0])).astype(p.dtype)
+    fs, gs = jax.vmap(jax.value_and_grad(f))(b)
+
+    def h(i: int, y: Array) -> Array:  # the base function of sample i at y: [2]
+        outs = [net(fs[j], jnp.dot(gs[j], y - b[j])) for j in range(k) if j != i]
+        return sum(outs) / (k - 1)
+
+    def stein(hx: Array, h_nbrs: Array, x: Array) -> Array:
+        flip = jnp.where(x > 0.5, 1 - p, p)
+        return jnp.mean(flip.reshape((-1,) + (1,) * (hx.ndim)) * (h_nbrs - hx[None]), axis=0)
+
+    a_h0, a_big_h = [], []
+    for i in range(k):
+        x = b[i]
+        nbrs = x[None] + jnp.eye(x.shape[0]) * (1 - 2 * x)[None]  # row d: bit d flipped
+        hx, h_nbrs = h(i, x), jax.vmap(lambda y, i=i: h(i, y))(nbrs)  # [2], [D, 2]
+        a_h0.append(stein(hx[0], h_nbrs[:, 0], x))
+        a_big_h.append(
+            stein(hx[1] * (x - p), h_nbrs[:, 1:2] * (nbrs - p[None]), x)  # [D]
+        )
+    a_h0_arr = jnp.stack(a_h0)
+    corrected = fs + alpha * a_h0_arr
+    baseline = (jnp.sum(corrected) - corrected) / (k - 1)
+    return (fs - baseline)[:, None] * (b - p[None]) + beta * jnp.stack(a_big_h)
+
+
+def leaky_mlp(
+    w_lin: Array, w_f: Array, bias: Array, w_out: Array, b_out: Array, leak: float = 0.3
+) -> Callable[[Array, Array], Array]:
+    """RODEO's control network: ``net(f, lin) = LeakyReLU(lin w_lin + f w_f + bias) w_out +
+    b_out``, two scalars in, ``[2]`` out (hidden width ``H``: ``w_out [H, 2]``)."""
+
+    def net(f: Array, lin: Array) -> Array:
+        return jax.nn.leaky_relu(lin * w_lin + f * w_f + bias, leak) @ w_out + b_out
+
+    return net

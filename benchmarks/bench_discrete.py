@@ -32,7 +32,6 @@ chosen per D so one call of the score function takes ~``--target`` seconds.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -88,24 +87,54 @@ def discrete_specs() -> list[str]:
     return specs + [s for s in EXTRA_SPECS if s not in specs]
 
 
-# --- The plain versions: registry name -> plain function for the estimator's state ---------
-# Each maps (estimator, its init() state) to plain_fn(f, logits, key, num_samples) -> [n, D].
-PlainFactory = Callable[[estimators.GradientEstimator, Any], Callable[..., jax.Array]]
+# --- The plain versions ----------------------------------------------------------------------
+# registry name -> (plain function, state -> its keyword arguments): called inside jit as
+# fn(f, logits, key, num_samples, **kwargs(state)), with the estimator's init() state passed in
+# as an argument (traced, as during training).
 
 
-def _fixed(fn: Callable[..., jax.Array]) -> PlainFactory:
-    return lambda est, state: fn
+def _no_kwargs(state: Any) -> dict[str, Any]:
+    return {}
 
 
-PLAIN: dict[str, PlainFactory] = {
-    "score_function": _fixed(plain.score_function),
-    "score_function+loo": _fixed(plain.score_function_loo),
-    "arm": _fixed(plain.arm),
-    "disarm": _fixed(plain.disarm),
-    "gumbel_softmax": _fixed(plain.gumbel_softmax),
-    "gumbel_softmax_st": _fixed(plain.gumbel_softmax_st),
-    "straight_through": _fixed(plain.straight_through),
-    "vimco": _fixed(plain.vimco),
+def _double_cv_kwargs(state: Any) -> dict[str, Any]:
+    return {"alpha": state.alpha}
+
+
+def _rodeo_kwargs(state: Any) -> dict[str, Any]:
+    c = state.control
+    net = plain.leaky_mlp(c.w_lin, c.w_f, c.bias, c.w_out, c.b_out)
+    return {"net": net, "alpha": state.alpha, "beta": state.beta}
+
+
+def _rebar_kwargs(state: Any) -> dict[str, Any]:
+    c = state.control
+    return {"eta": c.eta, "temperature": jnp.exp(c.log_temperature)}
+
+
+def _relax_kwargs(state: Any) -> dict[str, Any]:
+    w = state.control.network
+    return {
+        **_rebar_kwargs(state),
+        "net": plain.coordinatewise_mlp(w["w1"], w["b1"], w["w2"], w["b2"]),
+    }
+
+
+PLAIN: dict[str, tuple[Callable[..., jax.Array], Callable[[Any], dict[str, Any]]]] = {
+    "score_function": (plain.score_function, _no_kwargs),
+    "score_function+loo": (plain.score_function_loo, _no_kwargs),
+    "arm": (plain.arm, _no_kwargs),
+    "disarm": (plain.disarm, _no_kwargs),
+    "arms": (plain.arms, _no_kwargs),
+    "arms_systematic": (plain.arms_systematic, _no_kwargs),
+    "gumbel_softmax": (plain.gumbel_softmax, _no_kwargs),
+    "gumbel_softmax_st": (plain.gumbel_softmax_st, _no_kwargs),
+    "straight_through": (plain.straight_through, _no_kwargs),
+    "vimco": (plain.vimco, _no_kwargs),
+    "double_cv": (plain.double_cv, _double_cv_kwargs),
+    "rodeo": (plain.rodeo, _rodeo_kwargs),
+    "rebar": (plain.rebar, _rebar_kwargs),
+    "relax": (plain.relax, _relax_kwargs),
 }
 
 
@@ -136,9 +165,8 @@ class Timed:
 
 
 def interleaved(timed: list[Timed], key: jax.Array, repeats: int) -> None:
-    """Warm every function, then ``repeats`` rounds that time each once, in turn."""
+    """``repeats`` rounds that time each (warmed) function once, in turn."""
     for t in timed:
-        t.warm(key)
         t.times = []
     for i in range(repeats):
         k = jax.random.fold_in(key, i)
@@ -162,14 +190,14 @@ def grouped(
 
 
 class Entry:
-    """One estimator at one D: ours and (if written) the plain version, timed together."""
+    """One estimator at one D and N: ours and (if written) the plain version, same N."""
 
     def __init__(self, spec: str, cost: Callable[..., Any], params: Any, num_samples: int):
         self.spec = spec
         est = estimators.registry.get(spec)
         self.est = est
         self.group = est.min_samples if est.multi_sample else 1
-        self.num_samples = num_samples - num_samples % self.group
+        self.num_samples = max(self.group, num_samples - num_samples % self.group)
         state = est.init()
         n, k = self.num_samples, self.group
 
@@ -180,15 +208,13 @@ class Entry:
 
         self.ours = Timed(ours, (params, state))
         self.plain: Timed | None = None
-        factory = PLAIN.get(spec)
-        if factory is not None:
-            fn = factory(est, state)
+        if spec in PLAIN:
+            fn, kwargs = PLAIN[spec]
 
             def hand(p: Any, s: Any, key: jax.Array) -> Any:
-                del s
-                return grouped(lambda kk, m: fn(cost, p["logits"], kk, m), n, k)(key)
+                return grouped(lambda kk, m: fn(cost, p["logits"], kk, m, **kwargs(s)), n, k)(key)
 
-            self.plain = Timed(hand, (params, ()))
+            self.plain = Timed(hand, (params, state))
 
     def timed(self) -> list[Timed]:
         return [self.ours] + ([self.plain] if self.plain else [])
@@ -197,19 +223,27 @@ class Entry:
         return None if self.plain is None else self.plain.median / self.ours.median
 
 
-def choose_num_samples(dim: int, target: float, max_floats: int) -> int:
-    """Scale N until the score function takes ~``target`` seconds (capped by memory)."""
+def scratch_bytes(t: Timed, key: jax.Array) -> int:
+    """Bytes of the compiled call's temporaries and output (XLA's memory analysis; 0 if the
+    backend gives none)."""
+    analysis = t.fn.lower(*t.args, key).compile().memory_analysis()
+    if analysis is None:
+        return 0
+    return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+
+
+def calibrated(spec: str, dim: int, target: float, max_bytes: float, key: jax.Array) -> Entry:
+    """``spec``'s entry at D = ``dim`` with N scaled from a small trial so one call of ours
+    takes ~``target`` seconds, its temporaries kept under ``max_bytes``."""
     cost, params = make_problem(dim)
-    n = max(4, 2**14 // dim)
-    key = jax.random.key(0)
-    while True:
-        t = Entry("score_function", cost, params, n).ours
-        t.warm(key)
-        t.time(key)
-        if t.times[0] >= target / 4 or 2 * n * dim > max_floats:
-            scale = min(target / max(t.times[0], 1e-9), max_floats / (n * dim))
-            return max(4, 4 * int(n * max(scale, 1.0) / 4))
-        n *= 4
+    n0 = max(16, 2**13 // dim)
+    trial = Entry(spec, cost, params, n0)
+    n0 = trial.num_samples
+    trial.ours.warm(key)
+    trial.ours.time(key)
+    t0 = max(trial.ours.times[0], 1e-6)
+    scale = min(target / t0, max_bytes / max(scratch_bytes(trial.ours, key), 1))
+    return Entry(spec, cost, params, max(n0, int(n0 * scale)))
 
 
 def floors(dim: int, num_samples: int, params: Any) -> dict[str, Timed]:
@@ -240,8 +274,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[10, 200, 2000])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--target", type=float, default=0.1, help="seconds per score-fn call")
-    parser.add_argument("--max-floats", type=int, default=2**24, help="cap on N * D")
+    parser.add_argument("--target", type=float, default=0.1, help="seconds per timed call")
+    parser.add_argument(
+        "--max-bytes", type=float, default=5e8, help="cap on one call's temporaries"
+    )
+    parser.add_argument("--floor-floats", type=int, default=2**23, help="N * D of the floors")
     parser.add_argument(
         "--tolerance", type=float, default=0.9, help="re-time a pair whose ours/plain is below"
     )
@@ -265,23 +302,20 @@ def main() -> None:
     key = jax.random.key(1)
     slower: list[str] = []
     for dim in args.dims:
-        n = choose_num_samples(dim, args.target, args.max_floats)
-        n -= n % math.lcm(*range(1, 5))
+        n = args.floor_floats // dim
         cost, params = make_problem(dim)
         floor_fns = floors(dim, n, params)
+        for t in floor_fns.values():
+            t.warm(key)
         entries = []
         for spec in specs:
             try:
-                entries.append(Entry(spec, cost, params, n))
-            except (TypeError, ValueError) as e:
-                print(f"{dim:>5} {n:>8} {spec:<22} not run: {e}")
-        for e in list(entries):
-            try:
-                for t in e.timed():
+                entry = calibrated(spec, dim, args.target, args.max_bytes, key)
+                for t in entry.timed():
                     t.warm(key)
+                entries.append(entry)
             except Exception as err:  # an estimator that fails here must not stop the others
-                print(f"{dim:>5} {n:>8} {e.spec:<22} failed: {type(err).__name__}: {err}")
-                entries.remove(e)
+                print(f"{dim:>5} {'':>8} {spec:<22} failed: {type(err).__name__}: {err}")
         timed = list(floor_fns.values()) + [t for e in entries for t in e.timed()]
         interleaved(timed, key, args.repeats)
         floor_rate = n / floor_fns["bernoulli (floor)"].median
