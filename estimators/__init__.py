@@ -76,3 +76,6 @@ from .discrete._relaxations import straight_through as straight_through
 from .discrete._relaxed import OneHotCategorical as OneHotCategorical
 from .discrete._relaxed import RelaxedBernoulli as RelaxedBernoulli
 from .discrete._relaxed import RelaxedOneHotCategorical as RelaxedOneHotCategorical
+from .discrete._vimco import vimco as vimco
+from .discrete._vimco import vimco_baselines as vimco_baselines
+from .discrete._vimco import vimco_surrogate as vimco_surrogate

@@ -428,3 +428,31 @@ def test_diverged_runs_are_named_and_not_averaged():
     assert s["final_theta_mean"] == pytest.approx(0.4)
     assert s["final_theta_se"] == pytest.approx(np.std([0.1, 0.7], ddof=1) / np.sqrt(2))
     assert s["reached_optimum_side"] == 1
+
+
+def test_the_variance_runner_measures_multi_sample_estimators_per_sample(tmp_path):
+    """Figs 2-7's runner takes a multi-sample estimator: REINFORCE-LOO on its Bernoulli problem
+    (f = (x - k)^2), measured over independent calls of K = min_samples = 2 samples, its point
+    the call's variance times K, against the enumeration of all pairs (exact.moments)."""
+    config = experiments.load_config("fig2")
+    with config.unlocked():
+        del config["loc"], config["scale"]
+        config.problem, config.logit, config.parameters = "bernoulli", 0.4, ("logits",)
+    experiments.apply_overrides(
+        config,
+        [
+            "grid.quadratic.num=4",
+            "mc_every=1",
+            "num_samples=20000",
+            "progress=false",
+            "estimators=('score_function+loo',)",
+        ],
+    )
+    results = experiments.run_experiment(config, tmp_path / "loo")
+    theta = 1 / (1 + np.exp(-0.4))
+    z = bonferroni_z(2 * len(results["points"]))
+    for p in results["points"]:
+        m = exact.moments("score_function+loo", np.array([theta]), p["x"], num_samples=2)
+        assert abs(p["mc_variance"] - 2 * m.variance[0]) <= z * p["mc_se"]
+        assert abs(p["mc_gradient"] - p["exact_gradient"]) <= z * p["mc_gradient_se"]
+        np.testing.assert_allclose(m.mean[0], p["exact_gradient"], rtol=1e-6)

@@ -26,6 +26,7 @@ MODULES = [
     "estimators._score_function",
     "estimators.discrete._relaxations",
     "estimators.discrete._relaxed",
+    "estimators.discrete._vimco",
     "estimators.testing",
 ]
 # The estimators and their pieces: each docstring must carry a runnable example.
@@ -45,6 +46,9 @@ MUST_HAVE_EXAMPLE = [
     "gumbel_softmax",
     "gumbel_softmax_straight_through",
     "straight_through",
+    "vimco",
+    "vimco_baselines",
+    "vimco_surrogate",
 ]
 
 

@@ -445,7 +445,6 @@ def test_an_estimator_given_by_importable_path_runs_through_the_runner(tmp_path)
         ("estimators=('pathwise', 'reinforce')", "'reinforce', which the registry cannot build"),
         ("estimators=('iwae',)", "objective is 'log_mean_exp'"),
         ("estimators=('pathwise+loo',)", "the baseline 'loo' changes only estimators"),
-        ("estimators=('score_function+loo',)", "uses its samples jointly"),
         ("estimators=('no_module_here:est',)", "cannot import module"),
         ("estimators=('pathwise', 'pathwise')", "distinct"),
     ],

@@ -16,6 +16,11 @@ Gaussian) made by several estimators, computed two ways:
   computation per estimator over the whole grid), drawn as points with +-2 standard-error bars.
   Legends use each estimator's ``label``.
 
+A multi-sample estimator (``multi_sample``: REINFORCE-LOO, whose rows are not independent) is
+measured over ``num_samples`` independent calls of ``K = min_samples`` samples each, and its
+point is the variance of one call's estimate times ``K``: the variance per sample, the value a
+single-sample estimator's average of ``K`` samples would be compared at.
+
 For ``D > 1`` the exact value is the variance for one coordinate (all coordinates are alike);
 the Monte Carlo value is the per-coordinate sample variance averaged over the ``D``
 coordinates, which estimates the same number with less noise. Each point also carries the
@@ -163,15 +168,8 @@ def _validate_estimators(config: ml_collections.ConfigDict, problem: problems.Pr
                 f"has {spec!r}, whose objective is {est.objective!r}; the variance runner "
                 "compares estimates of grad E[f] (objective 'mean')",
             )
-        if est.multi_sample:
-            _fail(
-                "estimators",
-                f"has {spec!r}, which uses its samples jointly (multi_sample): its per-sample "
-                "rows are not independent, so their variance is not the single-sample variance "
-                "these figures compare",
-            )
         try:
-            est.check(dist, config.num_samples)
+            est.check(dist, max(est.min_samples, 1 if est.multi_sample else config.num_samples))
         except ValueError as e:
             _fail(
                 "estimators", f"has {spec!r}, which cannot run on the {problem.name} problem: {e}"
@@ -238,11 +236,13 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
     if by_dim:
         key = jax.random.fold_in(key, dim)
     costs = [problem.costs[c] for c, _ in rows]
-    evaluations = monte_carlo.estimator(estimator).cost_evaluations(dim)
+    joint = monte_carlo.samples_per_estimate(monte_carlo.estimator(estimator))
+    evaluations = monte_carlo.estimator(estimator).cost_evaluations(dim) * joint
     chunks = tuple(monte_carlo.chunk_sizes(config.num_samples, len(rows), dim, evaluations))
     # A clear error if the estimator needs more samples than a chunk holds.
     monte_carlo.estimator(estimator).check(
-        problem.dist_builder(problem.params(_values(config, problem), dim)), min(chunks)
+        problem.dist_builder(problem.params(_values(config, problem), dim)),
+        joint if joint > 1 else min(chunks),
     )
     moments = monte_carlo.mc_moments(
         key,
@@ -256,8 +256,10 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
         dim=dim,
         chunks=chunks,
     )
+    # A multi-sample estimate's variance times its K samples: the variance per sample, what
+    # averaging K single-sample estimates would give (monte_carlo.samples_per_estimate).
     return {
-        p: monte_carlo.combine(moments[p], chunks)
+        p: tuple(joint * v for v in monte_carlo.combine(moments[p], chunks))
         + monte_carlo.first_coordinate_mean(moments[p], chunks)
         for p in config.parameters
     }
@@ -340,6 +342,10 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             "sample variance averaged over the D coordinates, +-2 SE"
             if by_dim
             else "single-sample variance; Monte Carlo +-2 SE"
+        )
+        + (
+            "; a multi-sample estimator (samples used jointly): the variance of one call's "
+            "estimate from K = min_samples samples, over independent calls, times K"
         ),
         "costs": {c: problem.costs[c].label for c in config.costs},
         "estimators": {e: monte_carlo.estimator(e).label for e in config.estimators},

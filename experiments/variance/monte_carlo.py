@@ -87,6 +87,12 @@ def _sampler(spec: str) -> tuple[estimators.GradientEstimator, bool]:
     return estimator(spec), False
 
 
+def samples_per_estimate(est: estimators.GradientEstimator) -> int:
+    """``K``: ``min_samples`` for an estimator that uses its samples jointly (``multi_sample``:
+    its rows are not independent), measured over independent calls of ``K`` samples; 1 else."""
+    return est.min_samples if est.multi_sample else 1
+
+
 def _chunk_moments(g: jax.Array) -> dict:
     """Moments of one chunk of per-sample estimates ``g: [n, D]``.
 
@@ -175,6 +181,7 @@ def mc_moments(
         return lambda x: separable_cost(x, w, k, a, terms=terms)
 
     est, row_baseline = _sampler(estimator)
+    joint = samples_per_estimate(est)
     # keys[r, c]: row r, chunk c; the baseline gets its own, independent keys.
     estimator_key, baseline_key = jax.random.split(key)
     keys = jax.random.split(estimator_key, (num_rows, len(chunks)))
@@ -195,9 +202,18 @@ def mc_moments(
         def rows(row_keys: jax.Array) -> dict:  # all rows, one chunk of n samples each
             def one(k_, w, k, a, b) -> dict:
                 state = b if row_baseline else est.init()
-                jac = est.per_sample(
-                    cost_of(w, k, a), params, dist_builder, k_, num_samples=n, state=state
-                )
+                cost = cost_of(w, k, a)
+                if joint > 1:  # n independent calls of K samples, each call's mean estimate
+
+                    def call(key: jax.Array) -> dict:
+                        g = est.per_sample(
+                            cost, params, dist_builder, key, num_samples=joint, state=state
+                        )
+                        return jax.tree.map(lambda x: jnp.mean(x, axis=0), g)
+
+                    jac = jax.vmap(call)(jax.random.split(k_, n))
+                else:
+                    jac = est.per_sample(cost, params, dist_builder, k_, num_samples=n, state=state)
                 return {p: _chunk_moments(jac[p]) for p in problem.parameters}
 
             return jax.vmap(one)(row_keys, weights, ks, constants, baseline)
