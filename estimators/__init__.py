@@ -68,6 +68,9 @@ from ._pathwise import pathwise as pathwise
 from ._pathwise import pathwise_surrogate as pathwise_surrogate
 from ._score_function import score_function as score_function
 from ._score_function import score_function_surrogate as score_function_surrogate
+from .discrete._arm import arm as arm
+from .discrete._arm import arms as arms
+from .discrete._arm import disarm as disarm
 from .discrete._relaxations import gumbel_softmax as gumbel_softmax
 from .discrete._relaxations import (
     gumbel_softmax_straight_through as gumbel_softmax_straight_through,

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _relaxations, _vimco
+from . import _arm, _relaxations, _vimco
 
 BASES: dict[str, Callable[..., Any]] = {}
 BASES.update(_relaxations.BASES)
 BASES.update(_vimco.BASES)
+BASES.update(_arm.BASES)
