@@ -156,11 +156,13 @@ def describe(
 
 
 def styles(n: int) -> list[tuple[Any, str, str]]:
-    """``n`` distinct (colour, line style, marker): tab10, then tab10 again dashed, ..."""
+    """``n`` distinct (colour, line style, marker): tab10 then Dark2 (18 colours) solid, then
+    again dashed, ..."""
     import matplotlib
 
-    colors = matplotlib.colormaps["tab10"].colors
-    lines, markers = ("-", "--", ":", "-."), "osD^v<>ph*"
+    colors = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["Dark2"].colors]
+    lines, markers = ("-", "--", "-.", ":"), "osD^v<>ph*"
+    k = len(colors)
     return [
-        (colors[i % 10], lines[(i // 10) % len(lines)], markers[i % len(markers)]) for i in range(n)
+        (colors[i % k], lines[(i // k) % len(lines)], markers[i % len(markers)]) for i in range(n)
     ]

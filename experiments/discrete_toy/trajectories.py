@@ -269,7 +269,7 @@ def plot(workdir: str | Path) -> list[Path]:
     workdir = Path(workdir)
     results = read_json(workdir / "results.json")
     steps = np.array(results["steps"])
-    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(13.6, 6.2))
     style = iter(_common.styles(len(results["runs"])))
     for spec, run in results["runs"].items():
         theta = np.array(run["theta"], dtype=np.float64)  # None -> nan
@@ -313,7 +313,7 @@ def plot(workdir: str | Path) -> list[Path]:
     ncol = 3
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     rows = -(-len(labels) // ncol)
-    fig.tight_layout(rect=(0, 0.035 * rows, 1, 1))
+    fig.tight_layout(rect=(0, 0.03 * rows, 1, 1))
     paths = save_figure(fig, workdir / results["name"])
     plt.close(fig)
     return paths

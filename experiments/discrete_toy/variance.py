@@ -240,7 +240,7 @@ def plot(workdir: str | Path) -> list[Path]:
     ests = results["estimators"]
     biased = [e for e, d in ests.items() if not d["unbiased"]]
     ncols = 2 if biased else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.8 * ncols, 6.2), squeeze=False)
     ax_var, ax_bias = axes[0, 0], (axes[0, 1] if biased else None)
     style = _common.styles(len(ests))
     shown: list[float] = []
@@ -307,7 +307,7 @@ def plot(workdir: str | Path) -> list[Path]:
     ncol = 3
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     rows = -(-len(labels) // ncol)
-    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 * rows, 1, 1))
     paths = save_figure(fig, workdir / results["name"])
     plt.close(fig)
     return paths
