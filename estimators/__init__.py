@@ -82,3 +82,5 @@ from .discrete._relaxed import RelaxedOneHotCategorical as RelaxedOneHotCategori
 from .discrete._vimco import vimco as vimco
 from .discrete._vimco import vimco_baselines as vimco_baselines
 from .discrete._vimco import vimco_surrogate as vimco_surrogate
+from .discrete._relax import rebar_estimator as rebar_estimator
+from .discrete._relax import relax_estimator as relax_estimator

@@ -25,6 +25,7 @@ MODULES = [
     "estimators._registry",
     "estimators._score_function",
     "estimators.discrete._arm",
+    "estimators.discrete._relax",
     "estimators.discrete._relaxations",
     "estimators.discrete._relaxed",
     "estimators.discrete._vimco",
@@ -53,6 +54,8 @@ MUST_HAVE_EXAMPLE = [
     "vimco",
     "vimco_baselines",
     "vimco_surrogate",
+    "rebar_estimator",
+    "relax_estimator",
 ]
 
 

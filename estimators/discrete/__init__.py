@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _arm, _relaxations, _vimco
+from . import _relax
 
 BASES: dict[str, Callable[..., Any]] = {}
 BASES.update(_relaxations.BASES)
 BASES.update(_vimco.BASES)
 BASES.update(_arm.BASES)
+BASES.update(_relax.BASES)
