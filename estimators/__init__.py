@@ -71,6 +71,8 @@ from ._score_function import score_function_surrogate as score_function_surrogat
 from .discrete._arm import arm as arm
 from .discrete._arm import arms as arms
 from .discrete._arm import disarm as disarm
+from .discrete._relax import rebar_estimator as rebar_estimator
+from .discrete._relax import relax_estimator as relax_estimator
 from .discrete._relaxations import gumbel_softmax as gumbel_softmax
 from .discrete._relaxations import (
     gumbel_softmax_straight_through as gumbel_softmax_straight_through,
@@ -82,5 +84,3 @@ from .discrete._relaxed import RelaxedOneHotCategorical as RelaxedOneHotCategori
 from .discrete._vimco import vimco as vimco
 from .discrete._vimco import vimco_baselines as vimco_baselines
 from .discrete._vimco import vimco_surrogate as vimco_surrogate
-from .discrete._relax import rebar_estimator as rebar_estimator
-from .discrete._relax import relax_estimator as relax_estimator

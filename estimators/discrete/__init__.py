@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _arm, _relaxations, _vimco
-from . import _relax
+from . import _arm, _relax, _relaxations, _vimco
 
 BASES: dict[str, Callable[..., Any]] = {}
 BASES.update(_relaxations.BASES)
