@@ -71,6 +71,7 @@ from ._score_function import score_function_surrogate as score_function_surrogat
 from .discrete._arm import arm as arm
 from .discrete._arm import arms as arms
 from .discrete._arm import disarm as disarm
+from .discrete._double_cv import double_cv as double_cv
 from .discrete._relax import rebar_estimator as rebar_estimator
 from .discrete._relax import relax_estimator as relax_estimator
 from .discrete._relaxations import gumbel_softmax as gumbel_softmax
@@ -81,6 +82,7 @@ from .discrete._relaxations import straight_through as straight_through
 from .discrete._relaxed import OneHotCategorical as OneHotCategorical
 from .discrete._relaxed import RelaxedBernoulli as RelaxedBernoulli
 from .discrete._relaxed import RelaxedOneHotCategorical as RelaxedOneHotCategorical
+from .discrete._rodeo import rodeo as rodeo
 from .discrete._vimco import vimco as vimco
 from .discrete._vimco import vimco_baselines as vimco_baselines
 from .discrete._vimco import vimco_surrogate as vimco_surrogate

@@ -25,14 +25,18 @@ MODULES = [
     "estimators._registry",
     "estimators._score_function",
     "estimators.discrete._arm",
+    "estimators.discrete._double_cv",
     "estimators.discrete._relax",
     "estimators.discrete._relaxations",
     "estimators.discrete._relaxed",
+    "estimators.discrete._rodeo",
     "estimators.discrete._vimco",
     "estimators.testing",
 ]
 # The estimators and their pieces: each docstring must carry a runnable example.
 MUST_HAVE_EXAMPLE = [
+    "double_cv",
+    "rodeo",
     "pathwise",
     "pathwise_surrogate",
     "score_function",

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _arm, _relax, _relaxations, _vimco
+from . import _arm, _double_cv, _relax, _relaxations, _rodeo, _vimco
 
 BASES: dict[str, Callable[..., Any]] = {}
 BASES.update(_relaxations.BASES)
 BASES.update(_vimco.BASES)
 BASES.update(_arm.BASES)
 BASES.update(_relax.BASES)
+BASES.update(_double_cv.BASES)
+BASES.update(_rodeo.BASES)
