@@ -282,7 +282,9 @@ def rescale_power(r: testing.UnbiasednessReport, factor: float) -> float:
 # The analytic power (rescale_power, seed-0 SEs) is >= 0.9994 on the default run's pairs and
 # >= 0.9932 on all (the least: score_function+loo on the Gamma). Where the estimator has no
 # variance left (the delta method on the Gamma/Beta's quadratic costs), the check is equality
-# up to float32 rounding and rejects any bias above it.
+# up to float32 rounding and rejects any bias above it. VIMCO (K = 2, checked against the
+# 2-sample bound's gradient), seeds 1001-1020 on its own: passed 20 of 20 and its 10%-biased
+# estimates rejected on 20 of 20 on each of its 3 pairs (worst 3.3 SE; power 1.0).
 FACTOR = 1.1
 POWER_FLOOR = 0.99
 
