@@ -11,7 +11,8 @@ probabilities: a route independent of VIMCO's score form and of estimators.testi
   power >= 0.99;
 * testing.bound_gradient (the battery's exact values) equals this enumeration for the Bernoulli
   family (K = 2, 3), and its Normal quadrature (K = 2) agrees with IWAE's pathwise Monte Carlo
-  at K = 2 (an independent estimator) within Bonferroni SEs;
+  at K = 2 (an independent estimator) within Bonferroni SEs; testing.check_unbiased holds VIMCO
+  with K = 3 to the Categorical's 3-sample bound;
 * VIMCO's baseline L_{-k} does not depend on x_k, and adding it leaves the score term's
   expectation unchanged, exactly by enumeration (companion: the baseline L, which depends on
   x_k, changes it);
@@ -140,6 +141,16 @@ def test_bound_gradients_of_the_battery_are_exact():
         np.testing.assert_allclose(testing.bound_gradient(fam, k)["logits"], exact, rtol=1e-5)
     assert testing.bound_gradient("Gamma", 2) is None
     assert [f.name for f in testing.families("vimco")] == ["Normal", "Bernoulli", "Categorical"]
+
+
+def test_check_unbiased_with_three_samples_on_the_categorical():
+    """testing.check_unbiased holds VIMCO with K = 3 to the Categorical family's 3-sample bound
+    (729 tuples; the battery uses K = 2), and rejects the estimates scaled by 1.1."""
+    r = testing.check_unbiased(
+        "vimco", "Categorical", key=jax.random.key(4), num_samples=3, num_calls=100_000
+    )
+    assert r.num_samples == 3 and r.se_from == "calls" and "3-sample bound" in r.note
+    assert r.failures(scale=FACTOR)
 
 
 def test_normal_bound_quadrature_agrees_with_iwae():
