@@ -29,8 +29,9 @@ three terms have mean zero. The controls:
   relaxation at temperature :math:`\lambda`) scaled by :math:`\eta`;
 - ``"relax"``: :math:`c(z) = \eta\, f(\sigma(z / \lambda)) + r_\rho(z)`, the relaxed cost plus
   a network (the paper's "relaxed cost plus a neural network" control for discrete models). By
-  default :math:`r_\rho(z) = \sum_d m_\rho(z_d)`, one small MLP ``1 -> 32 -> 1`` (tanh) applied
-  to each coordinate and summed, so it works for any ``D`` without knowing it at ``init``; its
+  default :math:`r_\rho(z) = \sum_d m_\rho(z_d)`, one small MLP ``1 -> 32 -> 1`` (tanh, its
+  output averaged over the hidden units: :func:`mlp_apply`) applied to each coordinate and
+  summed, so it works for any ``D`` without knowing it at ``init``; its
   output layer starts at zero (RELAX starts as REBAR), its hidden layer from a fixed key. A
   user network is ``relax_control=(apply, params)``, ``apply(params, z: [*event]) -> []``.
 
@@ -113,10 +114,13 @@ def mlp_init(hidden: int = HIDDEN, key: Array | None = None) -> dict[str, Array]
 
 
 def mlp_apply(params: dict[str, Array], z: Array) -> Array:
-    r""":math:`r(z) = \sum_d \big(w_2^\top \tanh(w_1 z_d + b_1) + b_2\big)` for ``z [*event]``:
-    ``[]``."""
+    r""":math:`r(z) = \sum_d \big(\frac1H w_2^\top \tanh(w_1 z_d + b_1) + b_2\big)` for ``z
+    [*event]``: ``[]``. The output is averaged over the ``H`` hidden units, so that one Adam
+    step (each weight moves by about the learning rate) changes :math:`r` by about the
+    learning rate, not ``H`` times it: with a plain sum the learned variance oscillated on the
+    toy instead of falling."""
     hidden = jnp.tanh(jnp.reshape(z, (-1, 1)) * params["w1"][None] + params["b1"][None])  # [D, H]
-    return jnp.sum(hidden @ params["w2"] + params["b2"])
+    return jnp.sum(hidden @ params["w2"] / params["w2"].shape[0] + params["b2"])
 
 
 # --- Adam, pure JAX ---------------------------------------------------------------------------
