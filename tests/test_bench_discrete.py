@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_discrete as bench  # noqa: E402
 
 DIM = 3
-NUM_SAMPLES = 30_000
+# Enough rows for each enumeration check to reject a 10% error with power >= 0.9 (asserted).
+NUM_SAMPLES = {"score_function": 30_000}
+DEFAULT_NUM_SAMPLES = 12_000
 # Pairs whose noise is drawn the same way: rows equal on the same key.
 SAME_NOISE = {
     "arm",
@@ -56,7 +58,7 @@ def _computed(name: str):
     """(ours, plain) for the bench's cost at D = DIM, key 7: ``[G, K, D]`` each (K = group
     size); computed once for both tests."""
     cost, params = bench.make_problem(DIM)
-    entry = bench.Entry(name, cost, params, NUM_SAMPLES)
+    entry = bench.Entry(name, cost, params, NUM_SAMPLES.get(name, DEFAULT_NUM_SAMPLES))
     key = jax.random.key(7)
     ours = entry.ours.fn(*entry.ours.args, key)["logits"]
     theirs = entry.plain.fn(*entry.plain.args, key)
@@ -124,3 +126,20 @@ def test_plain_unbiased_ones_match_enumeration(name):
     # probability >= 0.9 (normal approximation).
     shift = float(np.max(np.abs(0.1 * exact) / se))
     assert 0.5 * math.erfc((Z - shift) / math.sqrt(2)) >= 0.9, shift
+
+
+@pytest.mark.parametrize("spec", sorted(bench.VARIANTS))
+def test_faster_plain_formulations_give_the_same_rows(spec):
+    """Each variant timed beside a plain version computes its rows (same key, K = 3)."""
+    est = _registered(spec)
+    state = est.init()
+    for name, value in (("alpha", 0.7), ("beta", -0.4)):  # control variates switched on
+        if name in getattr(state, "_fields", ()):
+            state = state._replace(**{name: jnp.float32(value)})
+    plain_fn, plain_kwargs = bench.PLAIN[spec]
+    cost, params = bench.make_problem(7)
+    key = jax.random.key(3)
+    expected = plain_fn(cost, params["logits"], key, 3, **plain_kwargs(state))
+    for _, fn, kwargs in bench.VARIANTS[spec]:
+        got = fn(cost, params["logits"], key, 3, **kwargs(state))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
