@@ -7,16 +7,16 @@ draw. With uniform noise :math:`u, v \sim U(0,1)^D` and :math:`p = \sigma(\ell)`
 - :math:`z = \ell - \mathrm{logit}(u)` (logistic with location :math:`\ell`), and
   :math:`b = H(z) = 1[z > 0] = 1[u < p]`, the bits ``estimators.draw_samples`` draws with the
   same key (the score function's, so RELAX with a zero control *is* REINFORCE, row for row);
-- :math:`\tilde z \sim p(z \mid b)` by the conditional reparameterisation (Tucker et al. 2017,
-  App. C): :math:`u` redrawn from :math:`v` on the side of :math:`p` that ``b`` fixes,
+- :math:`\tilde z \sim p(z \mid b)` by Tucker et al.'s conditional reparameterisation:
+  :math:`u` redrawn from :math:`v` on the side of :math:`p` that ``b`` fixes,
   :math:`\tilde u = b\,v\,p + (1 - b)(p + v(1 - p))`, :math:`\tilde z = \ell -
   \mathrm{logit}(\tilde u)`, written stably as :math:`\tilde z = \mathrm{softplus}(
   \mathrm{softplus}(\ell) - \mathrm{logit}(v))` for ``b = 1`` and :math:`-\mathrm{softplus}(
   \mathrm{logit}(v) + \mathrm{softplus}(-\ell))` for ``b = 0``; it is differentiated in
   :math:`\ell` with ``b`` held fixed.
 
-For a control :math:`c(z)`, one sample's estimate is (Grathwohl et al. 2018, eq. 8; REBAR,
-Tucker et al. 2017, eq. 6, for the control below)
+For a control :math:`c(z)`, one sample's estimate is RELAX's (Grathwohl et al. 2018; REBAR's,
+Tucker et al. 2017, for the first control below)
 
 .. math:: \hat g = [f(b) - c(\tilde z)]\,\nabla_\ell \log p(b) + \nabla_\ell c(z)
           - \nabla_\ell c(\tilde z), \qquad \nabla_\ell \log p(b) = b - p.
@@ -40,10 +40,12 @@ three terms have mean zero. The controls:
 estimate just made and does one Adam step on the gradient, with respect to the control's
 parameters, of the squared estimate :math:`\sum_{\text{leaves}} \|\frac1N\sum_i \hat g_i\|^2`
 (second-order autodiff through the estimate), on the same key as the estimate
-(``inputs.key``: the same noise, as in both papers' code). Because :math:`E[\hat g]` does not
+(``inputs.key``: the very noise of the estimate just made). Because :math:`E[\hat g]` does not
 depend on the control, this is an unbiased estimate of the gradient of the estimator's variance
-(up to the factor ``1/N``) (Grathwohl et al. 2018, Sec. 3.3); it never touches the gradient
-being estimated.
+(up to the factor ``1/N``), as both papers train their control's parameters; it never
+touches the gradient being estimated. (Equation numbers are not given: only the papers'
+abstracts could be read here; the formulas were derived and are checked in
+tests/test_relax.py.)
 
 Cost per sample: 3 evaluations of ``f``: :math:`f(b)`, and :math:`f` with its gradient at the
 two relaxed points :math:`\sigma(z/\lambda)` and :math:`\sigma(\tilde z/\lambda)` (``f`` must
