@@ -472,7 +472,7 @@ class EstimatorInfo(NamedTuple):
     label: str
     objective: str  # "mean" or "log_mean_exp"
     unbiased: str  # "yes", or "no: <what it estimates instead>"
-    evaluations: str  # evaluations of f (or its gradient) per sample: "2", "4 D"
+    evaluations: str  # of f per sample ("2", "4 D"); a value and gradient at one point is one
     samples: str  # "1" (independent rows) or "K >= k, jointly"
     state: str  # "none", "running", "learned (adaptive)"
     distributions: tuple[str, ...]
@@ -515,7 +515,8 @@ def _example_distributions() -> dict[str, Any]:
     """One instance of each distribution the package defines (for :func:`describe`)."""
     import jax.numpy as jnp
 
-    from . import _distributions, discrete
+    from . import _distributions
+    from .discrete import _relaxed
 
     one, two = jnp.ones(()), jnp.full((), 2.0)
     out: dict[str, Any] = {
@@ -526,9 +527,7 @@ def _example_distributions() -> dict[str, Any]:
         "Bernoulli": _distributions.Bernoulli(jnp.zeros(())),
         "Categorical": _distributions.Categorical(jnp.zeros(3)),
     }
-    one_hot = getattr(discrete, "OneHotCategorical", None)
-    if one_hot is not None:
-        out["OneHotCategorical"] = one_hot(jnp.zeros(3))
+    out["OneHotCategorical"] = _relaxed.OneHotCategorical(jnp.zeros(3))
     return out
 
 
