@@ -11,9 +11,11 @@ logits :math:`\ell \in R^D`, and return one gradient per row, ``[num_samples, D]
 is the estimate. ``f`` takes one sample ``[D]`` (a float 0/1 vector, or a point of
 :math:`[0,1]^D` for the relaxations) and returns a scalar.
 
-The noise is ``u = jax.random.uniform(key, (num_samples, D))`` and
-:math:`b = 1[u < \sigma(\ell)]` wherever a method is written with uniform noise. REBAR and
-RELAX draw a second uniform ``v`` from ``jax.random.split(key)``'s second key.
+The noise is one batched draw per estimate: ``jax.random.uniform(key, (num_samples, D))``
+where a method is written with uniform noise (ARM, DisARM; REBAR and RELAX draw ``u`` and
+``v`` from ``jax.random.split(key)``), ``jax.random.bernoulli(key, p, (num_samples, D))``
+where it needs only the bits (REINFORCE, LOO, VIMCO, double CV, RODEO), logistic noise for the
+Concrete relaxation, exponentials normalised to a Dirichlet for ARMS.
 """
 
 from __future__ import annotations

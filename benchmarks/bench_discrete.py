@@ -24,7 +24,15 @@ function takes (params, state, key) as arguments (nothing folded in as a constan
 once and warmed up; then all functions of one D are timed in interleaved rounds (``--repeats``
 of them, ``block_until_ready``) and the median of each is reported. A pair whose ratio falls
 below ``--tolerance`` is timed again on its own, interleaved, with twice the rounds. N is
-chosen per D so one call of the score function takes ~``--target`` seconds.
+chosen per estimator and D (trial calls growing x4, then scaled) so one call of ours takes
+~``--target`` seconds with its XLA temporaries under ``--max-bytes``; ours and plain share it.
+The floors draw ``--floor-floats`` numbers.
+
+The plain versions take the estimator's state where it has one: REBAR's and RELAX's
+eta and temperature, RELAX's default control network (the relaxed cost plus a
+coordinatewise tanh MLP), double CV's coefficient, RODEO's network and coefficients, all from
+``init()``. ``VARIANTS`` adds, for reference, faster plain formulations of the same rows
+(RODEO's linearisation at the flipped neighbours in O(D) instead of O(D^2)).
 
     python benchmarks/bench_discrete.py [--repeats 7] [--dims 10 200 2000] [--target 0.1]
 """
@@ -199,13 +207,20 @@ def grouped(
 class Entry:
     """One estimator at one D and N: ours and (if written) the plain version, same N."""
 
-    def __init__(self, spec: str, cost: Callable[..., Any], params: Any, num_samples: int):
+    def __init__(
+        self,
+        spec: str,
+        cost: Callable[..., Any],
+        params: Any,
+        num_samples: int,
+        state: Any = None,
+    ):
         self.spec = spec
         est = estimators.registry.get(spec)
         self.est = est
         self.group = est.min_samples if est.multi_sample else 1
         self.num_samples = max(self.group, num_samples - num_samples % self.group)
-        state = est.init()
+        state = est.init() if state is None else state
         n, k = self.num_samples, self.group
 
         def ours(p: Any, s: Any, key: jax.Array) -> Any:
