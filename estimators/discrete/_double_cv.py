@@ -53,37 +53,12 @@ import jax.numpy as jnp
 from .._capabilities import Binary
 from .._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw_samples, pull_back
 from .._interface import EstimateInputs, GradientEstimator, gradient_estimator
+from ._adam import AdamState, adam_init, adam_step
 
 DEFAULT_LEARNING_RATE = 1e-2
 
 
-class Adam(NamedTuple):
-    """Adam's moments (Kingma & Ba 2015) of a pytree of control parameters."""
-
-    step: Array  # [] int32
-    mu: PyTree
-    nu: PyTree
-
-
-def adam_init(params: PyTree) -> Adam:
-    """Zero moments for ``params``."""
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return Adam(jnp.zeros((), jnp.int32), zeros, zeros)
-
-
-def adam_step(
-    params: PyTree, grads: PyTree, adam: Adam, learning_rate: float
-) -> tuple[PyTree, Adam]:
-    """One Adam step (``b1 = 0.9``, ``b2 = 0.999``, ``eps = 1e-8``) of ``params`` down
-    ``grads``; returns the new parameters and moments."""
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    step = adam.step + 1
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, adam.mu, grads)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, adam.nu, grads)
-    t = step.astype(jnp.float32)
-    scale = learning_rate * jnp.sqrt(1 - b2**t) / (1 - b1**t)
-    new = jax.tree.map(lambda p, m, v: p - scale * m / (jnp.sqrt(v) + eps), params, mu, nu)
-    return new, Adam(step, mu, nu)
+Adam = AdamState  # the control's optimiser state
 
 
 class BinarySamples(NamedTuple):

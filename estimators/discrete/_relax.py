@@ -66,6 +66,7 @@ import jax.numpy as jnp
 from .._capabilities import Binary
 from .._common import Array, CostFn, DistBuilder, PyTree, build_and_check, pull_back
 from .._interface import EstimateInputs, GradientEstimator, gradient_estimator
+from ._adam import AdamState, adam_init, adam_step
 
 DEFAULT_TEMPERATURE = 0.5
 DEFAULT_LEARNING_RATE = 1e-2
@@ -82,14 +83,6 @@ class ControlParams(NamedTuple):
     eta: Array
     log_temperature: Array
     network: PyTree
-
-
-class AdamState(NamedTuple):
-    """Adam's moments (pytrees like the parameters) and its step count ``[]`` int32."""
-
-    step: Array
-    mu: PyTree
-    nu: PyTree
 
 
 class RelaxState(NamedTuple):
@@ -123,38 +116,6 @@ def mlp_apply(params: dict[str, Array], z: Array) -> Array:
     toy instead of falling."""
     hidden = jnp.tanh(jnp.reshape(z, (-1, 1)) * params["w1"][None] + params["b1"][None])  # [D, H]
     return jnp.sum(hidden @ params["w2"] / params["w2"].shape[0] + params["b2"])
-
-
-# --- Adam, pure JAX ---------------------------------------------------------------------------
-
-
-def adam_init(params: PyTree) -> AdamState:
-    """Adam's state for ``params``: zero moments, zero steps."""
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return AdamState(jnp.zeros((), jnp.int32), zeros, zeros)
-
-
-def adam_step(
-    params: PyTree,
-    grads: PyTree,
-    state: AdamState,
-    learning_rate: float,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-) -> tuple[PyTree, AdamState]:
-    """One step of Adam (Kingma & Ba 2015, Algorithm 1) descending ``grads``."""
-    count = state.step + 1
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-    nu = jax.tree.map(lambda n, g: b2 * n + (1 - b2) * jnp.square(g), state.nu, grads)
-    t = count.astype(jnp.float32)
-
-    def step(p: Array, m: Array, n: Array) -> Array:
-        m_hat, n_hat = m / (1 - b1**t), n / (1 - b2**t)
-        return p - learning_rate * m_hat / (jnp.sqrt(n_hat) + eps)
-
-    new = jax.tree.map(step, params, mu, nu)
-    return new, AdamState(count, mu, nu)
 
 
 # --- The estimator ----------------------------------------------------------------------------
