@@ -50,9 +50,11 @@ from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
 from ._distributions import WeakDerivativeTerm as WeakDerivativeTerm
+from ._interface import EstimateBatch as EstimateBatch
 from ._interface import EstimateInputs as EstimateInputs
 from ._interface import GradientEstimator as GradientEstimator
 from ._interface import gradient_estimator as gradient_estimator
+from ._interface import sum_over_examples as sum_over_examples
 from ._interface import surrogate_from_per_sample as surrogate_from_per_sample
 from ._measure_valued import CoordinateCostFn as CoordinateCostFn
 from ._measure_valued import measure_valued as measure_valued

@@ -76,6 +76,65 @@ class EstimateInputs(NamedTuple):
     context: Any = None
 
 
+class EstimateBatch(NamedTuple):
+    """Independent estimates, one per example of a batch, for an adaptive estimator's ``update``.
+
+    A VAE estimates each example's gradient separately (``jax.vmap`` over the batch) with one
+    shared estimator state; the state of an ``adaptive`` estimator (REBAR's temperature,
+    RELAX's network, RODEO's coefficients) is then trained on the batch's total variance, the
+    sum over the examples of their squared estimates (:func:`sum_over_examples`), not on one
+    estimate of a function of the whole batch (whose control variates would mix examples).
+
+    Fields, for ``B`` examples: ``function(sample, context) -> []``, one example's cost at one
+    of its samples given that example's ``context``; ``params``, a pytree whose leaves are
+    ``[B, *leaf]`` (example ``b``'s distribution is ``dist_builder(params[b])``); ``keys``
+    ``[B]`` (example ``b``'s estimate used ``keys[b]``); ``num_samples`` per example;
+    ``contexts``, a pytree of leaves ``[B, ...]``, example ``b``'s conditioning input (its
+    data point) passed to ``function`` and to the estimator as ``context``.
+    """
+
+    function: Callable[[Array, Any], Array]
+    params: PyTree
+    dist_builder: DistBuilder
+    keys: Array
+    num_samples: int
+    contexts: Any
+
+
+def sum_over_examples(
+    inputs: EstimateInputs | EstimateBatch, value: Callable[[EstimateInputs], Array]
+) -> Array:
+    """``value(inputs)`` for one estimate; for an :class:`EstimateBatch` the sum over its
+    examples of ``value`` at each example's :class:`EstimateInputs` (``jax.vmap``-ed).
+
+    An adaptive estimator's ``update`` differentiates this with ``value`` its squared estimate,
+    so one ``update`` serves a single estimate and a batch of independent ones: the gradient
+    of the batch's summed squared estimates is an unbiased estimate of the gradient of the sum
+    of the examples' variances (each estimate's mean does not depend on the control).
+    """
+    if not isinstance(inputs, EstimateBatch):
+        return value(inputs)
+    batch = inputs
+
+    def one(params: PyTree, key: Array, context: Any) -> Array:
+        return value(
+            EstimateInputs(
+                functools.partial(_with_context, batch.function, context),
+                params,
+                batch.dist_builder,
+                key,
+                batch.num_samples,
+                context,
+            )
+        )
+
+    return jnp.sum(jax.vmap(one)(batch.params, batch.keys, batch.contexts))
+
+
+def _with_context(function: Callable[[Array, Any], Array], context: Any, sample: Array) -> Array:
+    return function(sample, context)
+
+
 def _one_evaluation(dim: int) -> int:
     del dim
     return 1

@@ -52,7 +52,13 @@ import jax.numpy as jnp
 
 from .._capabilities import Binary
 from .._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw_samples, pull_back
-from .._interface import EstimateInputs, GradientEstimator, gradient_estimator
+from .._interface import (
+    EstimateBatch,
+    EstimateInputs,
+    GradientEstimator,
+    gradient_estimator,
+    sum_over_examples,
+)
 from ._adam import AdamState, adam_init, adam_step
 
 DEFAULT_LEARNING_RATE = 1e-2
@@ -199,12 +205,13 @@ def double_cv_update(
     state: DoubleCVState | tuple[()],
     costs: Array,
     context: Any = None,
-    inputs: EstimateInputs | None = None,
+    inputs: EstimateInputs | EstimateBatch | None = None,
     *,
     learning_rate: float = DEFAULT_LEARNING_RATE,
 ) -> DoubleCVState:
     """One Adam step of ``alpha`` down the gradient of the squared estimate made from
-    ``inputs`` (the same key: the same samples). ``costs`` are not needed (``f`` is evaluated
+    ``inputs`` (the same key: the same samples; for an :class:`estimators.EstimateBatch`, of
+    the examples' summed squared estimates). ``costs`` are not needed (``f`` is evaluated
     again, with its gradient)."""
     del costs, context
     if inputs is None:
@@ -212,15 +219,14 @@ def double_cv_update(
             "double_cv: update trains alpha from the estimate's EstimateInputs; pass inputs="
         )
     st = _state_or_init(state, double_cv_init)
-    samples = binary_setup(
-        inputs.function,
-        inputs.params,
-        inputs.dist_builder,
-        inputs.key,
-        inputs.num_samples,
-        "double_cv",
-    )
-    grad = jax.grad(lambda a: squared_estimate(double_cv_rows(samples, a)))(st.alpha)
+
+    def squared(one: EstimateInputs, alpha: Array) -> Array:
+        samples = binary_setup(
+            one.function, one.params, one.dist_builder, one.key, one.num_samples, "double_cv"
+        )
+        return squared_estimate(double_cv_rows(samples, alpha))
+
+    grad = jax.grad(lambda a: sum_over_examples(inputs, lambda one: squared(one, a)))(st.alpha)
     alpha, adam = adam_step(st.alpha, grad, st.adam, learning_rate)
     return DoubleCVState(alpha, adam)
 

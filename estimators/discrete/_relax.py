@@ -65,7 +65,13 @@ import jax.numpy as jnp
 
 from .._capabilities import Binary
 from .._common import Array, CostFn, DistBuilder, PyTree, build_and_check, pull_back
-from .._interface import EstimateInputs, GradientEstimator, gradient_estimator
+from .._interface import (
+    EstimateBatch,
+    EstimateInputs,
+    GradientEstimator,
+    gradient_estimator,
+    sum_over_examples,
+)
 from ._adam import AdamState, adam_init, adam_step
 
 DEFAULT_TEMPERATURE = 0.5
@@ -271,7 +277,7 @@ def _control_estimator(
         state: RelaxState,
         costs: Array,
         context: Any = None,
-        inputs: EstimateInputs | None = None,
+        inputs: EstimateInputs | EstimateBatch | None = None,
     ) -> RelaxState:
         del costs, context
         if inputs is None:
@@ -280,7 +286,11 @@ def _control_estimator(
                 "it needs the estimate's inputs: update(state, costs, inputs=estimators."
                 "EstimateInputs(function, params, dist_builder, key, num_samples))"
             )
-        grads = jax.grad(lambda cp: squared_estimate(control, cp, inputs, name))(state.control)
+        grads = jax.grad(
+            lambda cp: sum_over_examples(
+                inputs, lambda one: squared_estimate(control, cp, one, name)
+            )
+        )(state.control)
         new, adam = adam_step(state.control, grads, state.adam, learning_rate)
         return RelaxState(new, adam)
 

@@ -71,7 +71,13 @@ import jax.numpy as jnp
 
 from .._capabilities import Binary
 from .._common import Array, CostFn, DistBuilder, PyTree
-from .._interface import EstimateInputs, GradientEstimator, gradient_estimator
+from .._interface import (
+    EstimateBatch,
+    EstimateInputs,
+    GradientEstimator,
+    gradient_estimator,
+    sum_over_examples,
+)
 from ._double_cv import (
     DEFAULT_LEARNING_RATE,
     Adam,
@@ -266,23 +272,27 @@ def rodeo_update(
     state: RodeoState | tuple[()],
     costs: Array,
     context: Any = None,
-    inputs: EstimateInputs | None = None,
+    inputs: EstimateInputs | EstimateBatch | None = None,
     *,
     learning_rate: float = DEFAULT_LEARNING_RATE,
 ) -> RodeoState:
     """One Adam step of ``(control, alpha, beta)`` down the gradient of the squared estimate
-    made from ``inputs`` (the same key: the same samples). ``costs`` are not needed (``f`` is
-    evaluated again, with its gradient)."""
+    made from ``inputs`` (the same key: the same samples; for an
+    :class:`estimators.EstimateBatch`, of the examples' summed squared estimates). ``costs``
+    are not needed (``f`` is evaluated again, with its gradient)."""
     del costs, context
     if inputs is None:
         raise ValueError("rodeo: update trains the control from the EstimateInputs; pass inputs=")
     st = _state_or_init(state, rodeo_init)
-    samples = binary_setup(
-        inputs.function, inputs.params, inputs.dist_builder, inputs.key, inputs.num_samples, "rodeo"
-    )
+
+    def squared(one: EstimateInputs, p: tuple[Control, Array, Array]) -> Array:
+        samples = binary_setup(
+            one.function, one.params, one.dist_builder, one.key, one.num_samples, "rodeo"
+        )
+        return squared_estimate(rodeo_rows(samples, *p))
 
     def loss(p: tuple[Control, Array, Array]) -> Array:
-        return squared_estimate(rodeo_rows(samples, *p))
+        return sum_over_examples(inputs, lambda one: squared(one, p))
 
     trained = (st.control, st.alpha, st.beta)
     (control, alpha, beta), adam = adam_step(
