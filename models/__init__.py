@@ -1,5 +1,6 @@
 """Flax NNX modules and model log-densities (no training loops). Imports ``estimators`` only."""
 
+from . import binary_vae as binary_vae
 from . import logistic_regression as logistic_regression
 from ._vae import MLP as MLP
 from ._vae import VAE as VAE

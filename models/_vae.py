@@ -24,12 +24,19 @@ import estimators
 
 Array = jax.Array
 
+
+def leaky_relu(x: Array) -> Array:
+    """LeakyReLU with negative slope 0.3 (the binary-VAE benchmark's nonlinearity)."""
+    return jax.nn.leaky_relu(x, 0.3)
+
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "elu": jax.nn.elu,
     "softplus": jax.nn.softplus,
     "gelu": jax.nn.gelu,
+    "leaky_relu": leaky_relu,
 }
 
 
