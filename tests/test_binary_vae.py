@@ -277,3 +277,37 @@ def test_bad_configs_are_named(tmp_path, override, message):
     config = _config_for(tmp_path, **override)
     with pytest.raises(ValueError, match=message):
         runner.validate(config)
+
+
+@pytest.mark.parametrize(
+    "name", ["binary_vae_mnist", "binary_vae_mnist_paper", "binary_vae_fashion_mnist"]
+)
+def test_bundled_configs_validate(name):
+    runner.validate(_config.load_config(name))
+
+
+def test_mnist_splits_follow_the_disarm_setup(small_idx_dir):
+    """Validation = the LAST training images, train = the ones before; evaluation sets binary."""
+    config = _config.load_config("binary_vae_mnist")
+    config.data_dir = str(small_idx_dir)
+    config.verify_checksums = False
+    config.validation_examples = 100
+    config.eval_examples = 0
+    from experiments.vae import data as vae_data
+
+    ds = vae_data.load_dataset("mnist", small_idx_dir, verify=False)
+    data = runner.load_data(config)
+    np.testing.assert_array_equal(data["train"], ds.train[:200])
+    assert data["validation"].shape == (100, 784) and data["test"].shape == (100, 784)
+    assert set(np.unique(data["validation"])) <= {0.0, 1.0}
+    # the validation bits are draws of the last 100 training images' grey levels
+    grey = ds.train[200:]
+    assert np.all(data["validation"][grey == 0] == 0) and np.all(data["validation"][grey == 1] == 1)
+
+
+def test_the_real_mnist_splits(mnist_dir):
+    config = _config.load_config("binary_vae_mnist")
+    config.data_dir = str(mnist_dir)
+    data = runner.load_data(config)
+    assert data["train"].shape == (50_000, 784)
+    assert data["validation"].shape == (1_000, 784) and data["test"].shape == (1_000, 784)
