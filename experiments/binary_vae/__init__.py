@@ -224,11 +224,14 @@ def _var_batch(config, data) -> jax.Array:
 class _Programs:
     """The compiled programs of one pair (built once; the partial last epoch compiles its own)."""
 
-    def __init__(self, config, setup: train.Setup):
+    def __init__(self, config, setup: train.Setup, shared: dict[str, Any]):
         self.setup = setup
         self.epochs: dict[int, Any] = {}
-        self.elbo = train.make_bound(setup, 1)
-        self.bound = train.make_bound(setup, config.eval_num_samples)
+        # The evaluation programs depend on the model only: one compilation per model.
+        if not shared:
+            shared["elbo"] = train.make_bound(setup, 1)
+            shared["bound"] = train.make_bound(setup, config.eval_num_samples)
+        self.elbo, self.bound = shared["elbo"], shared["bound"]
         self.run_variance = jax.jit(
             jax.vmap(
                 train.make_grad_estimates(setup, config.grad_var_run_estimates),
@@ -261,7 +264,9 @@ def _epoch_row(
 ) -> dict[str, Any]:
     setup = programs.setup
     elbo = np.asarray(
-        programs.elbo(states, jnp.asarray(data["train_elbo"]), seeds, jnp.asarray(10_000 + epoch))
+        programs.elbo(
+            states["params"], jnp.asarray(data["train_elbo"]), seeds, jnp.asarray(10_000 + epoch)
+        )
     )
     key = jax.random.fold_in(jax.random.key(_EVAL_BINARIZATION_SEED), train.TAG_VAR)
     sq = np.asarray(
@@ -316,7 +321,9 @@ def _load_shared(path: Path, template: PyTree) -> PyTree:
     return jax.tree.unflatten(jax.tree.structure(template), leaves)
 
 
-def _train_pair(config, model: str, entry: str, data, workdir: Path, resume: bool) -> dict:
+def _train_pair(
+    config, model: str, entry: str, data, workdir: Path, resume: bool, shared: dict[str, Any]
+) -> dict:
     """Train one pair's seeds (resuming from its checkpoint), evaluate, write its results."""
     run_dir = workdir / model / entry_dir(entry)
     if (run_dir / "results.json").exists():
@@ -337,7 +344,7 @@ def _train_pair(config, model: str, entry: str, data, workdir: Path, resume: boo
         start = restored.epoch + 1
         rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start]
         print(f"{model}/{entry}: resuming after epoch {start}", file=sys.stderr)
-    programs = _Programs(config, setup)
+    programs = _Programs(config, setup, shared)
     train_x = jnp.asarray(data["train"])
     var_batch = _var_batch(config, data)
     shared = workdir / model / "shared"
@@ -386,7 +393,10 @@ def _train_pair(config, model: str, entry: str, data, workdir: Path, resume: boo
     for name, tag in (("validation", 1), ("test", 2)):
         xs = jnp.asarray(data[name])
         bounds[name] = [
-            float(v) for v in np.asarray(programs.bound(states, xs, seeds, tag)).mean(1)
+            float(v)
+            for v in np.asarray(programs.bound(states["params"], xs, seeds, jnp.asarray(tag))).mean(
+                1
+            )
         ]
     steps_done = int(states["step"][0])
     results = {
@@ -481,8 +491,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     ]
     start = time.perf_counter()
     for model in config.models:
+        shared: dict[str, Any] = {}  # the model's evaluation programs
         for entry in ordered:
-            _train_pair(config, model, entry, data, workdir, resume)
+            _train_pair(config, model, entry, data, workdir, resume, shared)
         _protocol(config, model, data, workdir, resume)
     rows = table_rows(workdir, config)
     write_table(workdir, rows, config)

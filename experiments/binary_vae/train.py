@@ -240,7 +240,9 @@ def make_train_epoch(setup: Setup, num_steps: int) -> Callable[..., tuple[PyTree
 
 
 def make_bound(setup: Setup, num_samples: int, chunk: int = 500) -> Callable[..., Array]:
-    """Jitted ``(states, xs [M, D], seed_keys [S], tag) -> [S, M]``: one draw of the
+    """Jitted ``(params, xs [M, D], seed_keys [S], tag) -> [S, M]`` (``params``: the S
+    seeds' model parameters, leaves ``[S, ...]``; the program depends only on the model, so
+    every estimator of a model shares it): one draw of the
     ``num_samples``-sample bound (:func:`models.binary_vae.iwae_bound`) of every example for
     every seed (``num_samples = 1``: the single-sample ELBO), in chunks of ``chunk`` examples
     (``lax.map``) so memory stays ``O(chunk * num_samples * D)``."""
@@ -262,9 +264,9 @@ def make_bound(setup: Setup, num_samples: int, chunk: int = 500) -> Callable[...
         out = jax.lax.map(block, (padded.reshape(-1, size, xs.shape[1]), keys.reshape(-1, size)))
         return out.reshape(-1)[:m]
 
-    def bound(states: PyTree, xs: Array, seed_keys: Array, tag: Array) -> Array:
+    def bound(params: PyTree, xs: Array, seed_keys: Array, tag: Array) -> Array:
         keys = jax.vmap(lambda k: epoch_key(k, TAG_EVAL, tag))(seed_keys)
-        return jax.vmap(one_seed, in_axes=(0, None, 0))(states["params"], xs, keys)
+        return jax.vmap(one_seed, in_axes=(0, None, 0))(params, xs, keys)
 
     return jax.jit(bound)
 
