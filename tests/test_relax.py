@@ -7,6 +7,9 @@
 - Unbiased for arbitrary (not adapted) control parameters, against enumeration.
 - The exact single-sample variance of REBAR at fixed (eta, lambda), by 2-D Gauss-Legendre over
   the noise (u, v) written here independently in NumPy float64, against Monte Carlo.
+- For one bit REBAR's control is correlated with REINFORCE's term only through c(0) =
+  eta (1/2 - t)^2 (an identity, by quadrature): at t = 0.499 no (eta, lambda) lowers the
+  variance below REINFORCE's, as RELAX's Figure 1 shows.
 - update: one Adam step on the gradient of the squared estimate, whose expectation is the
   gradient of E[g^2] computed by quadrature and finite differences; adaptation lowers the
   measured variance on the toy E[(b - t)^2].
@@ -309,6 +312,46 @@ def test_rebar_variance_is_the_quadrature_variance():
         assert abs(var - exact_var) <= z * se, (logit, t, var, exact_var, se)
         shifts.append(0.1 * exact_var / se)
     assert min(power_to_reject(z, s) for s in shifts) >= 0.9, shifts
+
+
+def test_rebar_control_meets_the_score_term_only_at_z_zero():
+    """Why REBAR cannot learn RELAX's Figure 1 toy, t = 0.499 (Grathwohl et al. 2018; the
+    authors' figure also shows REBAR not converging). For one bit REBAR's estimate is
+    g = r0 + eta h, r0 = f(b)(b - p) REINFORCE's, a function of b alone, so Cov(r0, h) =
+    E_b[r0(b) E[h | b]]; differentiating E[c(z) 1{H(z) = b}] gives E[h 1{b = 1}] =
+    -c(0) p (1 - p) (the boundary term where H jumps), and c(0) = f(sigmoid(0)) = (1/2 - t)^2
+    whatever lambda. Hence Cov(r0, h) = -(1/2 - t)^2 p (1 - p) (r0(1) - r0(0)) and the least
+    variance over eta, Var r0 - Cov^2 / Var h, is REINFORCE's to 1e-8 at t = 0.499 (Var h is
+    about 1e-2 here): checked by the quadrature above (lambda <= 0.6, where its nodes resolve
+    the u^(1/lambda) tails of the control to ~1e-12; the identity holds for every lambda)."""
+    x, w = np.polynomial.legendre.leggauss(120)
+    for t, logit, lam in itertools.product((0.45, 0.499), (0.0, -1.0), (0.1, 0.3, 0.6)):
+        p = 1.0 / (1.0 + math.exp(-logit))
+        e_r0h = e_h = e_h2 = e_r0 = e_r02 = 0.0
+        for ua, ub in ((0.0, p), (p, 1.0)):  # nodes as rebar_moments
+            for va, vb in ((0.0, 0.5), (0.5, 1.0)):
+                uu, vv = (
+                    0.5 * (ub - ua) * x + 0.5 * (ua + ub),
+                    0.5 * (vb - va) * x + 0.5 * (va + vb),
+                )
+                weight = np.outer(0.5 * (ub - ua) * w, 0.5 * (vb - va) * w)
+                r0 = rebar_rows_np(logit, t, 0.0, lam, uu[:, None], vv[None, :])
+                h = rebar_rows_np(logit, t, 1.0, lam, uu[:, None], vv[None, :]) - r0
+                e_r0h += np.sum(weight * r0 * h)
+                e_h += np.sum(weight * h)
+                e_h2 += np.sum(weight * h**2)
+                e_r0 += np.sum(weight * r0)
+                e_r02 += np.sum(weight * r0**2)
+        cov, var_h, var_r0 = e_r0h - e_r0 * e_h, e_h2 - e_h**2, e_r02 - e_r0**2
+        r0_jump = (1 - t) ** 2 * (1 - p) + t**2 * p  # r0(1) - r0(0)
+        predicted = -((0.5 - t) ** 2) * p * (1 - p) * r0_jump
+        assert abs(e_h) < 1e-12  # the control's terms have mean zero
+        assert abs(cov - predicted) < 1e-4 * abs(predicted), (t, logit, lam, cov, predicted)
+        assert abs(cov - 1.1 * predicted) > 1e-2 * abs(predicted)  # a 10% error is seen
+        assert var_r0 == pytest.approx(p * (1 - p) * r0_jump**2, rel=1e-9)  # REINFORCE's
+        least = var_r0 - cov**2 / var_h  # at the best eta for this lambda
+        if t == 0.499:
+            assert least > (1 - 1e-8) * var_r0, (logit, lam, least / var_r0)
 
 
 # --- update: the variance gradient, and adaptation --------------------------------------------
