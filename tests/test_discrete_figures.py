@@ -413,6 +413,17 @@ def test_trajectories_config_runs(tmp_path, extra):
     v0 = np.array([row[0] for row in results["runs"]["score_function"]["variance"]])
     exact_v0 = exact.moments("score_function", np.array([0.5]), 0.499).variance[0]
     assert np.all(np.abs(v0 - exact_v0) < 6 * exact_v0 * np.sqrt(2 / 49))
+    paper = results["paper"]  # RELAX's Figure 1 beside ours, for the estimators run
+    assert set(paper["ours_final_theta"]) == set(paper["final_theta"]) & set(specs)
+    for spec, (mean, se) in paper["ours_final_theta"].items():  # SE over the seeds
+        assert (mean, se) == (
+            results["runs"][spec]["final_theta_mean"],
+            results["runs"][spec]["final_theta_se"],
+        )
+    with config.unlocked():
+        config.paper.final_theta = {"rebar": 1.5}
+    with pytest.raises(ValueError, match="paper"):
+        experiments.run_experiment(config, tmp_path / "bad")
     rows = (tmp_path / "traj" / "results.csv").read_text().splitlines()
     assert rows[0] == "estimator,seed,step,theta,variance,variance_per_cost"
     assert len(rows) == 1 + 4 * (1 + 2 * len(specs))

@@ -19,7 +19,10 @@ here times the evaluations per estimate). The exact gradient's Adam trajectory i
 results.json reports per estimator: the seeds, the final :math:`\theta` of each, their mean
 +- SE over the seeds that did not diverge, how many ended on the optimum's side
 (:math:`\theta < 1/2`), and the diverged seeds (a non-finite :math:`\theta` at any record),
-named and never averaged in.
+named and never averaged in. With ``config.paper`` (what a paper's figure shows: ``source``,
+``note``, ``final_theta`` per spec), results.json's ``paper`` sets those beside ours (mean, SE
+over the seeds), and the figure marks them with stars at the last step, draws those
+estimators thicker and puts the note under the title.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,8 +54,10 @@ KEYS = {
     "theta0",
     "record_every",
     "variance_estimates",
+    "paper",
 }
 EXACT = "exact gradient"
+PAPER_KEYS = {"source", "final_theta", "note"}
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
@@ -67,7 +73,26 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         _common.fail("learning_rate", f"must be a number > 0; got {lr!r}")
     if config.steps % config.record_every:
         _common.fail("steps", f"must be a multiple of record_every ({config.record_every})")
+    _check_paper(config.paper)
     return specs
+
+
+def _check_paper(paper: Any) -> None:
+    """``config.paper``: None, or what a paper's figure shows, ``source`` and ``note`` (str)
+    and ``final_theta`` (estimator spec -> the final theta read from the figure, in [0, 1])."""
+    if paper is None:
+        return
+    keys = set(paper.keys()) if hasattr(paper, "keys") else None
+    if keys != PAPER_KEYS:
+        _common.fail("paper", f"must be None or have exactly the keys {sorted(PAPER_KEYS)}")
+    for key in ("source", "note"):
+        if not isinstance(paper[key], str):
+            _common.fail("paper", f"{key} must be a str; got {paper[key]!r}")
+    final = paper.final_theta
+    if not hasattr(final, "items") or not all(
+        isinstance(k, str) and isinstance(v, int | float) and 0 <= v <= 1 for k, v in final.items()
+    ):
+        _common.fail("paper", f"final_theta must map specs to numbers in [0, 1]; got {final!r}")
 
 
 @partial(
@@ -248,6 +273,18 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         "variance_estimates": config.variance_estimates,
         "runs": runs,
     }
+    if config.paper is not None:
+        final = {str(k): float(v) for k, v in config.paper.final_theta.items()}
+        results["paper"] = {
+            "source": config.paper.source,
+            "note": config.paper.note,
+            "final_theta": final,
+            "ours_final_theta": {
+                s: [runs[s]["final_theta_mean"], runs[s]["final_theta_se"]]
+                for s in final
+                if s in runs
+            },
+        }
     write_json(Path(workdir) / "results.json", results)
     buf = io.StringIO()
     fields = ("estimator", "seed", "step", "theta", "variance", "variance_per_cost")
@@ -271,6 +308,7 @@ def plot(workdir: str | Path) -> list[Path]:
     steps = np.array(results["steps"])
     fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(13.6, 6.2))
     style = iter(_common.styles(len(results["runs"])))
+    paper = results.get("paper", {}).get("final_theta", {})
     for spec, run in results["runs"].items():
         theta = np.array(run["theta"], dtype=np.float64)  # None -> nan
         if spec == EXACT:
@@ -283,15 +321,22 @@ def plot(workdir: str | Path) -> list[Path]:
             label += f" ({len(run['diverged_seeds'])} diverged)"
         if ok:
             th = theta[ok]
-            ax_t.plot(steps, th.mean(axis=0), color=color, ls=ls, lw=1.3, label=label)
+            lw = 2.4 if spec in paper else 1.3  # the paper's estimators stand out
+            ax_t.plot(steps, th.mean(axis=0), color=color, ls=ls, lw=lw, label=label)
             ax_t.fill_between(steps, th.min(axis=0), th.max(axis=0), color=color, alpha=0.15)
+            if spec in paper:
+                ax_t.plot(
+                    steps[-1], paper[spec], marker="*", ms=13, color=color, mec="k", clip_on=False
+                )
             var = np.array(run["variance"], dtype=np.float64)[ok] * run["evaluations_per_step"]
             with np.errstate(divide="ignore", invalid="ignore"):
                 log_var = np.log10(var)
             log_var[~np.isfinite(log_var)] = np.nan
             with np.errstate(all="ignore"):
                 mean_log = np.nanmean(log_var, axis=0)
-            ax_v.plot(steps, mean_log, color=color, ls=ls, lw=1.2)
+            ax_v.plot(steps, mean_log, color=color, ls=ls, lw=2.2 if spec in paper else 1.2)
+    if paper:
+        ax_t.plot([], [], "k*", ms=11, ls="none", label=results["paper"]["source"] + ": final θ")
     ax_t.axhline(0.5, color="0.6", lw=0.8)
     ax_t.set_xlabel("step")
     ax_t.set_ylabel(r"$\theta$ (mean over seeds; band: min to max)")
@@ -303,10 +348,11 @@ def plot(workdir: str | Path) -> list[Path]:
         "\nmean over seeds"
     )
     ax_v.grid(True, alpha=0.3)
+    note = "\n" + textwrap.fill(results["paper"]["note"], 140) if "paper" in results else ""
     fig.suptitle(
         f"{results['title']}\n$t = {results['target']:g}$, {results['optimizer']}, "
         f"{results['num_seeds']} seeds; variance from {results['variance_estimates']} "
-        "estimates at each record",
+        f"estimates at each record{note}",
         fontsize=9,
     )
     handles, labels = ax_t.get_legend_handles_labels()
