@@ -60,7 +60,15 @@ def test_sum_over_examples_is_the_sum_of_the_examples_values():
     assert float(estimators.sum_over_examples(single, value)) == pytest.approx(float(value(single)))
 
 
-@pytest.mark.parametrize("name", ADAPTIVE)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "relax",
+        "double_cv",
+        pytest.param("rebar", marks=pytest.mark.slow),
+        pytest.param("rodeo", marks=pytest.mark.slow),
+    ],
+)
 def test_update_on_a_batch_of_one_is_the_update_on_its_estimate(name):
     """The same Adam step whether the one estimate comes alone or as a batch of one."""
     est = estimators.registry.get(name)
