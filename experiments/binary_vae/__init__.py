@@ -11,7 +11,8 @@ configuration), ``num_seeds`` seeds are trained as ONE jitted program (vmapped),
   per-evaluation variance of the encoder-gradient estimate at the run's own parameters with
   its jackknife SE, whether the seed has diverged), ``results.json`` (validation and test
   ``eval_num_samples``-sample bounds per seed, wall time, examples/s), orbax checkpoints
-  (``checkpoints/``, every epoch; ``--resume`` continues bit for bit);
+  (``checkpoints/``, every epoch; ``--resume`` continues bit for bit, and with a larger
+  ``num_steps`` trains a finished run on);
 - ``<model>/shared/epoch_<e>.npz``: the reference estimator's first-seed parameters after
   epoch ``e`` (``grad_var_epochs``), and ``<model>/grad_variance.json``: every estimator's
   variance there, on the same batch with the same keys (:func:`_protocol`);
@@ -327,9 +328,12 @@ def _train_pair(
     """Train one pair's seeds (resuming from its checkpoint), evaluate, write its results."""
     run_dir = workdir / model / entry_dir(entry)
     if (run_dir / "results.json").exists():
-        if resume:
-            return read_json(run_dir / "results.json")
-        raise WorkdirError(f"{run_dir} holds a finished run; use an empty workdir or --resume")
+        if not resume:
+            raise WorkdirError(f"{run_dir} holds a finished run; use an empty workdir or --resume")
+        done = read_json(run_dir / "results.json")
+        if done["steps"] >= config.num_steps or all(d is not None for d in done["diverged"]):
+            return done
+        # --resume with a larger num_steps: train on from the last checkpoint.
     run_dir.mkdir(parents=True, exist_ok=True)
     setup, states = _setup(config, entry, model, data)
     seeds = _seed_keys(config)
@@ -435,7 +439,11 @@ def _protocol(config, model: str, data, workdir: Path, resume: bool) -> dict[str
     parameters on the same batches. Written to ``<model>/grad_variance.json``."""
     path = workdir / model / "grad_variance.json"
     if path.exists() and resume:
-        return read_json(path)
+        done = read_json(path)
+        if done.get("reference_steps") == read_json(
+            workdir / model / entry_dir(config.grad_var_reference) / "results.json"
+        )["steps"] and set(done["rows"]) == set(config.estimators):
+            return done
     reference_dir = workdir / model / entry_dir(config.grad_var_reference)
     steps_per_epoch = len(data["train"]) // config.batch_size
     reached = read_json(reference_dir / "results.json")["steps"]
@@ -444,7 +452,12 @@ def _protocol(config, model: str, data, workdir: Path, resume: bool) -> dict[str
     var_batch = _var_batch(config, data)
     base = jax.random.fold_in(jax.random.key(_EVAL_BINARIZATION_SEED), train.TAG_VAR + 100)
     train_x = jnp.asarray(data["train"])
-    out: dict[str, Any] = {"epochs": epochs, "reference": config.grad_var_reference, "rows": {}}
+    out: dict[str, Any] = {
+        "epochs": epochs,
+        "reference": config.grad_var_reference,
+        "reference_steps": reached,
+        "rows": {},
+    }
     sq_devs: dict[tuple[str, int], np.ndarray] = {}
     for entry in config.estimators:
         setup, states = _setup(config, entry, model, data)
