@@ -169,10 +169,9 @@ def control_apply(control: Control, f: Array, lin: Array) -> Array:
         + control.bias.reshape(*lead, -1)
     )
     act = jnp.where(pre > 0, pre, LEAK * pre)
-    # A broadcast product and a sum (not a matmul), so XLA can fuse the hidden layer into the
-    # reduction instead of materialising it for every point.
-    out = jnp.sum(act[..., None] * control.w_out.reshape(*lead, *control.w_out.shape), axis=-2)
-    return out + control.b_out.reshape(*lead, -1)
+    # A matmul: on the CPU 1.5-4x faster than the fused broadcast product and sum over the
+    # hidden units (rodeo_rows, K = 2, D = 10 and 200), the hidden layer being O(K^2 D H) only.
+    return act @ control.w_out + control.b_out.reshape(*lead, -1)
 
 
 class RodeoState(NamedTuple):
