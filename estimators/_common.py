@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
-from ._capabilities import StandardNoise
+from ._capabilities import Binary, Discrete, StandardNoise
 from ._distributions import Distribution
 
 Array = jax.Array
@@ -102,26 +102,48 @@ def build_and_check(
 
 
 def sample_noise(dist: Distribution, key: Array, num_samples: int) -> Array:
-    """The randomness of ``num_samples`` samples, one row per sample.
+    """The randomness of ``num_samples`` samples, one row per sample, drawn in one batched
+    call where the distribution allows it (on a CPU one call is several times faster than one
+    key per sample):
 
-    A :class:`StandardNoise` distribution (``standard_noise``/``from_noise``: a location-scale
-    family such as ``Normal``) gets one batched draw of standard noise,
-    ``[num_samples, *event_shape]``: on a CPU one call is several times faster than one key per
-    sample. Any other distribution gets one key per sample, ``jax.random.split(key,
-    num_samples)``.
+    * :class:`StandardNoise` (``standard_noise``/``from_noise``: a location-scale family such
+      as ``Normal``): standard noise, ``dist.standard_noise(key, (num_samples,))``;
+    * :class:`Binary` (independent bits ``b = 1[u < sigmoid(logits)]``, e.g. ``Bernoulli``):
+      the uniforms ``u = jax.random.uniform(key, (num_samples, *event_shape))`` (dtype of the
+      logits), so ``b`` is ``jax.random.bernoulli(key, sigmoid(logits), (num_samples,
+      *event_shape))``, the bits ``dist.sample(key, (num_samples,))`` of a ``Bernoulli``;
+      estimators that need the uniforms behind the bits (REBAR, RELAX) draw these;
+    * any other :class:`Discrete` (e.g. ``Categorical``): the samples themselves,
+      ``dist.sample(key, (num_samples,))`` (a discrete sample is not differentiable in the
+      parameters, so nothing is lost);
+    * anything else: one key per sample, ``jax.random.split(key, num_samples)``.
     """
     if isinstance(dist, StandardNoise):
         return dist.standard_noise(key, (num_samples,))  # type: ignore[attr-defined]
+    if isinstance(dist, Binary):
+        logits = dist.logits  # type: ignore[attr-defined]
+        dtype = jnp.result_type(logits)
+        return jax.random.uniform(key, (num_samples, *jnp.shape(logits)), dtype)
+    if isinstance(dist, Discrete):
+        return dist.sample(key, (num_samples,))
     return jax.random.split(key, num_samples)
 
 
 def sample_from_noise(dist: Distribution, noise: Array) -> Array:
-    """One sample ``[*event_shape]`` from one row of :func:`sample_noise`.
+    """One sample ``[*event_shape]`` from one row of :func:`sample_noise` (for a
+    :class:`Binary` distribution ``1[u < sigmoid(logits)]`` as floats, for another
+    :class:`Discrete` one the row itself).
 
     Differentiable with respect to the distribution's parameters when it is reparameterisable.
     """
     if isinstance(dist, StandardNoise):
         return dist.from_noise(noise)  # type: ignore[attr-defined]
+    if isinstance(dist, Binary):
+        probs = jax.nn.sigmoid(dist.logits)  # type: ignore[attr-defined]
+        probs = jnp.reshape(probs, (1,) * (jnp.ndim(noise) - probs.ndim) + probs.shape)
+        return (noise < probs).astype(probs.dtype)
+    if isinstance(dist, Discrete):
+        return noise
     return dist.sample(noise)
 
 
@@ -130,9 +152,15 @@ def draw_samples(dist: Distribution, key: Array, num_samples: int) -> Array:
 
     All estimators of this package draw their samples this way, so two estimators called with
     the same key see the same samples (common random numbers), and code that needs the samples
-    an estimator used (to update a baseline, say) can draw them again.
+    an estimator used (to update a baseline, say) can draw them again. Row ``i`` is
+    ``sample_from_noise(dist, sample_noise(dist, key, num_samples)[i])``; a
+    :class:`StandardNoise` or :class:`Discrete` distribution's rows come from one batched draw
+    (:func:`sample_noise`).
     """
-    return jax.vmap(lambda n: sample_from_noise(dist, n))(sample_noise(dist, key, num_samples))
+    noise = sample_noise(dist, key, num_samples)
+    if isinstance(dist, Discrete) and not isinstance(dist, StandardNoise):
+        return sample_from_noise(dist, noise)  # elementwise in the noise: the whole batch at once
+    return jax.vmap(lambda n: sample_from_noise(dist, n))(noise)
 
 
 def draw(dist_builder: DistBuilder, params: PyTree, key: Array, num_samples: int) -> Array:

@@ -2,12 +2,13 @@
 
 bench_discrete.py times each registry estimator against a hand-written version
 (benchmarks/_plain_discrete.py); the comparison means something only if the two compute the
-same estimator. Where the two draw their noise the same way, the plain rows equal the library's
-on the same key (float32 rounding). Where they draw differently (the score function's bits from
-one batched draw instead of one key per sample), their means agree within the standard error of
-the difference. Every plain version of an unbiased estimator is also held to the exact gradient
-by enumeration (2^D outcomes, or 2^(DK) for a K-sample objective). Bonferroni-corrected z
-bounds, fixed keys; not timed.
+same estimator. Where the two draw their noise the same way (the bits of
+``jax.random.bernoulli(key, p, (N, D))``, which ``estimators.draw_samples`` draws as
+``uniform(key, (N, D)) < p``; ARM's uniforms; ...), the plain rows equal the library's on the
+same key (float32 rounding). Where they draw differently (REBAR's and RELAX's second uniform),
+their means agree within the standard error of the difference. Every plain version of an
+unbiased estimator is also held to the exact gradient by enumeration (2^D outcomes, or 2^(DK)
+for a K-sample objective). Bonferroni-corrected z bounds, fixed keys; not timed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ NUM_SAMPLES = {"score_function": 30_000, "relax": 40_000, "double_cv": 24_000}
 DEFAULT_NUM_SAMPLES = 12_000
 # Pairs whose noise is drawn the same way: rows equal on the same key.
 SAME_NOISE = {
+    "score_function",
+    "score_function+loo",
+    "straight_through",
+    "vimco",
+    "double_cv",
+    "rodeo",
     "arm",
     "disarm",
     "arms",

@@ -131,15 +131,16 @@ def _logit(x: Array) -> Array:
     return jnp.log(x) - jnp.log1p(-x)
 
 
-def relaxed_noise(logits: Array, key: Array) -> tuple[Array, Array, Array]:
-    r"""``(b, u, v)`` for one sample: ``u = jax.random.uniform(key, logits.shape)`` (the
-    uniform ``jax.random.bernoulli(key, p)`` compares with ``p``, so ``b = 1[u < p]`` is
-    ``Bernoulli(logits).sample(key)``), ``v`` the same from ``jax.random.fold_in(key, 1)``,
-    and ``b`` as a float 0/1 array."""
+def relaxed_noise(logits: Array, key: Array, num_samples: int) -> tuple[Array, Array, Array]:
+    r"""``(b, u, v)``, each ``[num_samples, *logits.shape]``: ``u = jax.random.uniform(key,
+    (num_samples, *logits.shape))``, the uniforms ``estimators.draw_samples`` compares with
+    ``p`` (so ``b = 1[u < p]`` are its bits with this key), ``v`` the same from
+    ``jax.random.fold_in(key, 1)``, and ``b`` as a float 0/1 array."""
     dtype = jnp.result_type(logits)
-    u = jax.random.uniform(key, jnp.shape(logits), dtype)
-    v = jax.random.uniform(jax.random.fold_in(key, 1), jnp.shape(logits), dtype)
-    b = (u < jax.nn.sigmoid(logits)).astype(dtype)
+    shape = (num_samples, *jnp.shape(logits))
+    u = jax.random.uniform(key, shape, dtype)
+    v = jax.random.uniform(jax.random.fold_in(key, 1), shape, dtype)
+    b = (u < jax.nn.sigmoid(logits)[None]).astype(dtype)
     return b, u, v
 
 
@@ -152,11 +153,13 @@ def relaxed_z(logits: Array, u: Array) -> Array:
 def conditional_z(logits: Array, b: Array, v: Array) -> Array:
     r""":math:`\tilde z \sim p(z \mid b)` from ``v``: :math:`\mathrm{softplus}(\mathrm{softplus}
     (\ell) - \mathrm{logit}(v))` where ``b = 1`` (so :math:`\tilde z > 0`),
-    :math:`-\mathrm{softplus}(\mathrm{logit}(v) + \mathrm{softplus}(-\ell))` where ``b = 0``."""
+    :math:`-\mathrm{softplus}(\mathrm{logit}(v) + \mathrm{softplus}(-\ell))` where ``b = 0``:
+    with :math:`s = 2b - 1`, :math:`\tilde z = s\,\mathrm{softplus}(\mathrm{softplus}(s\ell)
+    - s\,\mathrm{logit}(v))`, one branch's arithmetic per coordinate (the same operations as
+    the two-branch form, so the same values)."""
     lv = _logit(jnp.maximum(v, jnp.finfo(v.dtype).tiny))
-    one = jax.nn.softplus(jax.nn.softplus(logits) - lv)
-    zero = -jax.nn.softplus(lv + jax.nn.softplus(-logits))
-    return jnp.where(b > 0, one, zero)
+    sign = jnp.where(b > 0, 1.0, -1.0).astype(lv.dtype)
+    return sign * jax.nn.softplus(jax.nn.softplus(sign * logits) - sign * lv)
 
 
 ControlFn = Callable[[ControlParams, Array, CostFn], Array]
@@ -178,11 +181,10 @@ def _control_fn(apply: ControlApply | None) -> ControlFn:
 def _logit_rows(
     function: CostFn, logits: Array, key: Array, num_samples: int, control: ControlFn, cp: Any
 ) -> Array:
-    """``[num_samples, *logits.shape]``: one estimate w.r.t. the logits per sample, sample ``i``
-    from the key ``jax.random.split(key, num_samples)[i]`` (as ``draw_samples``)."""
+    """``[num_samples, *logits.shape]``: one estimate w.r.t. the logits per sample, the noise
+    of all samples drawn at once (:func:`relaxed_noise`; the bits are ``draw_samples``')."""
 
-    def row(k: Array) -> Array:
-        b, u, v = relaxed_noise(logits, k)
+    def row(b: Array, u: Array, v: Array) -> Array:
         fb = jnp.asarray(function(b), logits.dtype)
         grad_c = jax.grad(lambda lg: control(cp, relaxed_z(lg, u), function))(logits)
         c_tilde, grad_c_tilde = jax.value_and_grad(
@@ -190,7 +192,7 @@ def _logit_rows(
         )(logits)
         return (fb - c_tilde) * (b - jax.nn.sigmoid(logits)) + grad_c - grad_c_tilde
 
-    return jax.vmap(row)(jax.random.split(key, num_samples))
+    return jax.vmap(row)(*relaxed_noise(logits, key, num_samples))
 
 
 def _estimate(
