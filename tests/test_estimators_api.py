@@ -69,6 +69,26 @@ def test_surrogate_value_is_the_monte_carlo_mean():
         np.testing.assert_allclose(float(value), expected, rtol=1e-5)
 
 
+def test_discrete_samples_are_one_batched_draw():
+    """draw_samples of a Bernoulli is jax.random.bernoulli(key, p, (N, D)) (the uniforms
+    uniform(key, (N, D)) below p), of a Categorical jax.random.categorical(key, logits,
+    shape=(N, *batch)); row i is sample_from_noise of row i of sample_noise."""
+    from estimators._common import sample_from_noise, sample_noise
+
+    key, n = jax.random.key(12), 500
+    bern = estimators.Bernoulli(jnp.array([-4.0, -0.3, 0.0, 1.2, 6.0]))
+    xs = estimators.draw_samples(bern, key, n)
+    np.testing.assert_array_equal(xs, jax.random.bernoulli(key, bern.probs[None], (n, 5)))
+    np.testing.assert_array_equal(xs, bern.sample(key, (n,)))
+    u = sample_noise(bern, key, n)
+    np.testing.assert_array_equal(u, jax.random.uniform(key, (n, 5)))
+    np.testing.assert_array_equal(jax.vmap(lambda r: sample_from_noise(bern, r))(u), xs)
+    cat = estimators.Categorical(jnp.log(jnp.array([[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])))
+    ys = estimators.draw_samples(cat, key, n)
+    np.testing.assert_array_equal(ys, jax.random.categorical(key, cat.logits[None], shape=(n, 2)))
+    assert ys.shape == (n, 2) and ys.dtype == jnp.int32
+
+
 # Direct dependence of the cost on the parameters: f_{w,theta}(x) = w sum_d x_d^2 + log q_theta(x)
 # (an entropy term, as in an ELBO). E = w sum(mu^2 + sigma^2) - sum(log sigma) - D/2 log(2 pi e),
 # so d/dw = sum(mu^2 + sigma^2), d/dmu = 2 w mu, d/dlog_sigma = 2 w sigma^2 - 1.
