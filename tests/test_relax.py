@@ -135,43 +135,6 @@ def test_bits_are_draw_samples_and_h_of_z():
     np.testing.assert_array_equal(zt > 0, b > 0)  # z~ lies on the side b fixes
 
 
-def _two_branch_conditional_z(logits, b, v):
-    """The conditional sample as first written: both branches, then a select."""
-    lv = jnp.log(jnp.maximum(v, jnp.finfo(v.dtype).tiny)) - jnp.log1p(-v)
-    one = jax.nn.softplus(jax.nn.softplus(logits) - lv)
-    zero = -jax.nn.softplus(lv + jax.nn.softplus(-logits))
-    return jnp.where(b > 0, one, zero)
-
-
-def test_conditional_z_one_branch_equals_two_branches_at_extreme_logits():
-    """conditional_z (one softplus branch chosen by the sign 2b - 1) equals the two-branch form
-    in value and in its derivative w.r.t. the logits, for logits from -60 to 60 and v down to
-    the smallest float and up to 1 - 2^-24, both bits: finite, on the side b fixes, equal to
-    float32 rounding; the form with the sign left off the logits differs (the check can fail)."""
-    logits = jnp.array([-60.0, -20.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 20.0, 60.0])
-    v = jnp.array([0.0, 1e-30, 1e-7, 0.3, 0.5, 0.9, 1.0 - 2.0**-24])
-    lg, vv, bb = (a.ravel() for a in jnp.meshgrid(logits, v, jnp.array([0.0, 1.0])))
-
-    def both(fn):
-        value = fn(lg, bb, vv)
-        grad = jax.vmap(jax.grad(fn), in_axes=(0, 0, 0))(lg, bb, vv)
-        return np.asarray(value), np.asarray(grad)
-
-    new, new_grad = both(_relax.conditional_z)
-    old, old_grad = both(_two_branch_conditional_z)
-    assert np.all(np.isfinite(new)) and np.all(np.isfinite(new_grad))
-    np.testing.assert_array_equal(new > 0, np.asarray(bb) > 0)
-    np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-30)
-    np.testing.assert_allclose(new_grad, old_grad, rtol=1e-6, atol=1e-30)
-
-    def unsigned(lg_, b_, v_):  # the sign on the logit left off: wrong for b = 0
-        lv = jnp.log(jnp.maximum(v_, jnp.finfo(v_.dtype).tiny)) - jnp.log1p(-v_)
-        s = jnp.where(b_ > 0, 1.0, -1.0)
-        return s * jax.nn.softplus(jax.nn.softplus(lg_) - s * lv)
-
-    assert not np.allclose(np.asarray(unsigned(lg, bb, vv)), old, rtol=1e-3)
-
-
 def test_rebar_is_relax_with_the_relaxed_cost_as_control():
     f = product_cost(4)
     params = jnp.array([0.5, -0.3, 1.1, -2.0])
