@@ -135,6 +135,34 @@ def test_bits_are_draw_samples_and_h_of_z():
     np.testing.assert_array_equal(zt > 0, b > 0)  # z~ lies on the side b fixes
 
 
+def _two_branch_conditional_z(logits, b, v):
+    """The conditional sample computed on both sides, then selected by b."""
+    lv = jnp.log(jnp.maximum(v, jnp.finfo(v.dtype).tiny)) - jnp.log1p(-v)
+    one = jax.nn.softplus(jax.nn.softplus(logits) - lv)
+    zero = -jax.nn.softplus(lv + jax.nn.softplus(-logits))
+    return jnp.where(b > 0, one, zero)
+
+
+def test_conditional_z_equals_the_two_branch_form_at_extreme_logits():
+    """conditional_z (one outer softplus, its argument chosen by b) equals the two-branch form
+    bit for bit in value and in its derivative w.r.t. the logits, for logits from -60 to 60,
+    v from 0 to 1 - 2^-24 and both bits: finite, and on the side b fixes."""
+    logits = jnp.array([-60.0, -20.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 20.0, 60.0])
+    v = jnp.array([0.0, 1e-30, 1e-7, 0.3, 0.5, 0.9, 1.0 - 2.0**-24])
+    lg, vv, bb = (a.ravel() for a in jnp.meshgrid(logits, v, jnp.array([0.0, 1.0])))
+
+    def both(fn):
+        grad = jax.vmap(jax.grad(fn))(lg, bb, vv)
+        return np.asarray(fn(lg, bb, vv)), np.asarray(grad)
+
+    new, new_grad = both(_relax.conditional_z)
+    old, old_grad = both(_two_branch_conditional_z)
+    assert np.all(np.isfinite(new)) and np.all(np.isfinite(new_grad))
+    np.testing.assert_array_equal(new > 0, np.asarray(bb) > 0)
+    np.testing.assert_array_equal(new, old)
+    np.testing.assert_array_equal(new_grad, old_grad)
+
+
 def test_rebar_is_relax_with_the_relaxed_cost_as_control():
     f = product_cost(4)
     params = jnp.array([0.5, -0.3, 1.1, -2.0])
