@@ -10,9 +10,12 @@ import ml_collections
 
 # Every discrete estimator of the registry at matched budgets of cost evaluations per example
 # ("spec@K": K samples per example; the table prints K * cost_evaluations):
+#   1 evaluation: REINFORCE with the optimal per-coordinate baseline;
 #   2 evaluations: REINFORCE-LOO with 2 samples, ARM, DisARM;
-#   3 evaluations: REBAR, RELAX, RODEO with 3, REINFORCE-LOO with 3;
-#   4 (multi-sample): VIMCO (trains the 4-sample bound) and ARMS (the multi-sample DisARM);
+#   3 evaluations: REBAR, RELAX, RODEO with 3, double control variates with 3, REINFORCE-LOO
+#   with 3;
+#   4 (multi-sample): ARMS (the multi-sample DisARM) with its two copulas, and VIMCO (which
+#   trains the 4-sample bound);
 #   1 (biased relaxations): Concrete at temperature 0.5, its straight-through form,
 #   straight-through.
 ESTIMATORS = (
@@ -22,8 +25,11 @@ ESTIMATORS = (
     "rebar",
     "relax",
     "rodeo@3",
+    "double_cv@3",
     "score_function+loo@3",
+    "score_function+optimal",
     "arms@4",
+    "arms_systematic@4",
     "vimco@4",
     "gumbel_softmax",
     "gumbel_softmax_st",

@@ -10,6 +10,6 @@ from experiments.binary_vae.config import base_config
 def get_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.dataset = "fashion_mnist"
-    config.num_steps = 5_000
+    config.num_steps = 2_000
     config.eval_examples = 1_000
     return config
