@@ -198,6 +198,9 @@ class Baseline(NamedTuple):
         contexts ``[B, ...]``), so the value never depends on the costs it is paired with.
       min_samples: the fewest samples the value needs.
       per_parameter: ``value`` is a pytree like ``params`` (no surrogate objective exists).
+      extra_evaluations: evaluations of ``f`` per sample the value spends beyond the
+        estimator's own (the optimal baseline's independent samples: 1), so that the composed
+        estimator's ``cost_evaluations`` charges for them.
     """
 
     name: str
@@ -207,6 +210,7 @@ class Baseline(NamedTuple):
     update: Callable[..., Any] = _keep_state
     min_samples: int = 1
     per_parameter: bool = False
+    extra_evaluations: int = 0
 
 
 def leave_one_out() -> Baseline:
@@ -250,7 +254,11 @@ def optimal(*, num_samples: int | None = None) -> Baseline:
     ``fold_in(key, 0xBA5E)``, independent of the estimator's (so it stays unbiased).
 
     Args:
-      num_samples: samples for the baseline's estimate; default: as many as the estimator's.
+      num_samples: samples for the baseline's estimate; default: as many as the estimator's,
+        which doubles the evaluations of ``f`` (``extra_evaluations = 1`` per sample). A fixed
+        ``num_samples = n`` costs ``n`` evaluations per estimate whatever its size, which a
+        per-sample count cannot state: ``extra_evaluations`` is then 0 and the ``n`` are not
+        charged.
     """
 
     def value(state: Any, inputs: BaselineInputs) -> PyTree:
@@ -260,7 +268,13 @@ def optimal(*, num_samples: int | None = None) -> Baseline:
             inputs.function, inputs.params, inputs.dist_builder, key, num_samples=n
         )
 
-    return Baseline(name="optimal", label="optimal baseline", value=value, per_parameter=True)
+    return Baseline(
+        name="optimal",
+        label="optimal baseline",
+        value=value,
+        per_parameter=True,
+        extra_evaluations=1 if num_samples is None else 0,
+    )
 
 
 class NVILState(NamedTuple):

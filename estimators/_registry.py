@@ -168,6 +168,7 @@ def score_function_estimator(baseline: Baseline | None = None) -> GradientEstima
         requires=(HasScore,),
         multi_sample=baseline.min_samples > 1,
         min_samples=baseline.min_samples,
+        cost_evaluations=lambda dim: 1 + baseline.extra_evaluations,
         label=f"score function + {baseline.label}",
         reference=_join_references("Williams 1992", _BASELINE_REFERENCES.get(baseline.name, "")),
     )

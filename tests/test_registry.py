@@ -347,3 +347,13 @@ def test_describe_states_each_declaration_in_words():
     assert "| no (below) |" in table
     assert "`half_biased_example` is biased: half the gradient" in table
     assert table.count("\n|") == 3  # header rule and two rows
+
+
+def test_the_optimal_baseline_charges_its_independent_samples():
+    """score_function+optimal evaluates f at as many independent samples again (its baseline's):
+    2 evaluations per sample; with a fixed number of baseline samples the per-sample count
+    cannot state them (documented), so only the estimator's own one is charged."""
+    assert estimators.registry.get("score_function+optimal").cost_evaluations(3) == 2
+    fixed = estimators.registry.get("score_function+optimal", optimal_baseline_samples=50)
+    assert fixed.cost_evaluations(3) == 1
+    assert estimators.registry.get("score_function+loo").cost_evaluations(3) == 1
