@@ -12,15 +12,17 @@ is the estimate. ``f`` takes one sample ``[D]`` (a float 0/1 vector, or a point 
 :math:`[0,1]^D` for the relaxations) and returns a scalar.
 
 The noise is one batched draw per estimate: ``jax.random.uniform(key, (num_samples, D))``
-where a method is written with uniform noise (ARM, DisARM; REBAR and RELAX draw ``u`` and
-``v`` from ``jax.random.split(key)``), ``jax.random.bernoulli(key, p, (num_samples, D))``
-where it needs only the bits (REINFORCE, LOO, VIMCO, double CV, RODEO), logistic noise for the
+where a method is written with uniform noise (ARM, DisARM; REBAR and RELAX draw ``u`` so,
+``v`` the same from ``jax.random.fold_in(key, 1)``, and take ``b = 1[u < p]``),
+``jax.random.bernoulli(key, p, (num_samples, D))`` where it needs only the bits (REINFORCE,
+LOO, VIMCO, double CV, RODEO), logistic noise for the
 Concrete relaxation, exponentials normalised to a Dirichlet for ARMS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -155,37 +157,78 @@ def straight_through(f: Cost, logits: Array, key: Array, num_samples: int) -> Ar
 
 
 def _rebar_noise(logits: Array, key: Array, num_samples: int) -> tuple[Array, Array]:
-    ku, kv = jax.random.split(key)
     shape = (num_samples, logits.shape[0])
-    return jax.random.uniform(ku, shape), jax.random.uniform(kv, shape)
+    u = jax.random.uniform(key, shape)
+    return u, jax.random.uniform(jax.random.fold_in(key, 1), shape)
 
 
-def _relaxed_pair(lg: Array, u: Array, v: Array) -> tuple[Array, Array, Array]:
-    r"""``b = H(z)``, ``z = \ell + logit(u)``, and ``\tilde z ~ p(z | b)`` reparameterised by
-    ``v`` (Tucker et al. 2017, App. C): ``u`` conditioned on the side of :math:`1 - \sigma(\ell)`
-    that ``b`` fixes."""
+def _conditional_z(lg: Array, b: Array, v: Array) -> Array:
+    r""":math:`\tilde z \sim p(z \mid b)` from ``v``, stably: :math:`\mathrm{softplus}(
+    \mathrm{softplus}(\ell) - \mathrm{logit}(v))` where ``b = 1``, :math:`-\mathrm{softplus}(
+    \mathrm{logit}(v) + \mathrm{softplus}(-\ell))` where ``b = 0`` (the outer softplus's
+    argument chosen by ``b`` first). Finite for every logit and ``v``."""
+    lv = _logistic(jnp.maximum(v, jnp.finfo(v.dtype).tiny))
+    one = b > 0
+    m = jax.nn.softplus(jnp.where(one, jax.nn.softplus(lg) - lv, lv + jax.nn.softplus(-lg)))
+    return jnp.where(one, m, -m)
+
+
+def _conditional_z_algebraic(lg: Array, b: Array, v: Array) -> Array:
+    r"""The same :math:`\tilde z` by the algebra of Tucker et al. (2017, App. C): :math:`\tilde
+    u = v p` where ``b = 1``, :math:`p + v(1 - p)` where ``b = 0``, :math:`\tilde z = \ell -
+    \mathrm{logit}(\tilde u)`. Fewer transcendentals, but :math:`1 - p` cancels: where ``p``
+    rounds to 1 (:math:`\ell \gtrsim 17`) and ``b = 0``, :math:`\tilde u = 1` and
+    :math:`\tilde z = -\infty` (its gradient NaN); where ``p`` underflows to 0 (:math:`\ell
+    \lesssim -104`) and ``b = 1``, :math:`\tilde z = +\infty`. For reference only."""
     p = jax.nn.sigmoid(lg)
-    z = lg + _logistic(u)
-    b = (z > 0).astype(u.dtype)
-    u_given_b = jnp.where(b > 0, (1.0 - p) + v * p, v * (1.0 - p))
-    return b, z, lg + _logistic(u_given_b)
+    return lg - _logistic(jnp.where(b > 0, v * p, p + v * (1.0 - p)))
+
+
+Conditional = Callable[[Array, Array, Array], Array]
+
+
+def _relaxed_pair(
+    lg: Array, u: Array, v: Array, conditional: Conditional = _conditional_z
+) -> tuple[Array, Array, Array]:
+    r"""``b = H(z) = 1[u < \sigma(\ell)]``, ``z = \ell - logit(u)``, and ``\tilde z ~ p(z |
+    b)`` reparameterised by ``v`` (Tucker et al. 2017, App. C)."""
+    b = (u < jax.nn.sigmoid(lg)).astype(u.dtype)
+    z = lg - _logistic(jnp.maximum(u, jnp.finfo(u.dtype).tiny))
+    return b, z, conditional(lg, b, v)
 
 
 def _control_estimate(
-    f: Cost, control: Callable[[Array], Array], lg: Array, u: Array, v: Array
+    f: Cost,
+    control: Callable[[Array], Array],
+    lg: Array,
+    u: Array,
+    v: Array,
+    conditional: Conditional = _conditional_z,
 ) -> Array:
     r"""One row of :math:`[f(b) - c(\tilde z)]\,\nabla\log p(b) + \nabla c(z) - \nabla c(\tilde
     z)` (REBAR, RELAX), the gradients of ``c`` through ``z(\ell)`` and ``\tilde z(\ell)``."""
-    b, _, _ = _relaxed_pair(lg, u, v)
+    b, _, _ = _relaxed_pair(lg, u, v, conditional)
 
     def c_z(x: Array) -> Array:
-        return control(_relaxed_pair(x, u, v)[1])
+        return control(_relaxed_pair(x, u, v, conditional)[1])
 
     def c_zt(x: Array) -> Array:
-        return control(_relaxed_pair(x, u, v)[2])
+        return control(_relaxed_pair(x, u, v, conditional)[2])
 
     c_tilde, grad_tilde = jax.value_and_grad(c_zt)(lg)
     return (f(b) - c_tilde) * (b - jax.nn.sigmoid(lg)) + jax.grad(c_z)(lg) - grad_tilde
+
+
+def _control_rows(
+    f: Cost,
+    logits: Array,
+    key: Array,
+    num_samples: int,
+    control: Callable[[Array], Array],
+    conditional: Conditional,
+) -> Array:
+    u, v = _rebar_noise(logits, key, num_samples)
+    return jax.vmap(lambda ui, vi: _control_estimate(f, control, logits, ui, vi, conditional))(u, v)
 
 
 def rebar(
@@ -195,15 +238,15 @@ def rebar(
     num_samples: int,
     eta: float = 1.0,
     temperature: float = 0.5,
+    conditional: Conditional = _conditional_z,
 ) -> Array:
     r"""REBAR (Tucker et al. 2017, eq. 6) with fixed scale :math:`\eta` and temperature
     :math:`\lambda`: the control is :math:`c(z) = \eta f(\sigma(z / \lambda))`."""
-    u, v = _rebar_noise(logits, key, num_samples)
 
     def control(z: Array) -> Array:
         return eta * f(jax.nn.sigmoid(z / temperature))
 
-    return jax.vmap(lambda ui, vi: _control_estimate(f, control, logits, ui, vi))(u, v)
+    return _control_rows(f, logits, key, num_samples, control, conditional)
 
 
 def relax(
@@ -214,24 +257,37 @@ def relax(
     eta: Array,
     temperature: Array,
     net: Callable[[Array], Array],
+    conditional: Conditional = _conditional_z,
 ) -> Array:
     r"""RELAX (Grathwohl et al. 2018, eq. 8) with the control of its discrete experiments, the
     relaxed cost plus a network: :math:`c(z) = \eta f(\sigma(z/\lambda)) + r(z)`
     (``net(z: [D]) -> []``)."""
-    u, v = _rebar_noise(logits, key, num_samples)
 
     def control(z: Array) -> Array:
         return eta * f(jax.nn.sigmoid(z / temperature)) + net(z)
 
-    return jax.vmap(lambda ui, vi: _control_estimate(f, control, logits, ui, vi))(u, v)
+    return _control_rows(f, logits, key, num_samples, control, conditional)
+
+
+def rebar_algebraic(f: Cost, logits: Array, key: Array, num_samples: int, **kwargs: Any) -> Array:
+    """:func:`rebar` with :func:`_conditional_z_algebraic` (reference only: not finite at
+    extreme logits)."""
+    return rebar(f, logits, key, num_samples, conditional=_conditional_z_algebraic, **kwargs)
+
+
+def relax_algebraic(f: Cost, logits: Array, key: Array, num_samples: int, **kwargs: Any) -> Array:
+    """:func:`relax` with :func:`_conditional_z_algebraic` (reference only: not finite at
+    extreme logits)."""
+    return relax(f, logits, key, num_samples, conditional=_conditional_z_algebraic, **kwargs)
 
 
 def coordinatewise_mlp(w1: Array, b1: Array, w2: Array, b2: Array) -> Callable[[Array], Array]:
-    r"""The library's default RELAX network: :math:`r(z) = \sum_d (w_2^\top \tanh(w_1 z_d +
-    b_1) + b_2)`, one small MLP (hidden width ``H``) on each coordinate, summed."""
+    r"""The library's default RELAX network: :math:`r(z) = \sum_d (\frac1H w_2^\top \tanh(w_1
+    z_d + b_1) + b_2)`, one small MLP (hidden width ``H``, its output averaged over the hidden
+    units) on each coordinate, summed."""
 
     def net(z: Array) -> Array:
-        return jnp.sum(jnp.tanh(z[:, None] * w1[None] + b1[None]) @ w2 + b2)
+        return jnp.sum(jnp.tanh(z[:, None] * w1[None] + b1[None]) @ w2 / w2.shape[0] + b2)
 
     return net
 

@@ -4,9 +4,11 @@ bench_discrete.py times each registry estimator against a hand-written version
 (benchmarks/_plain_discrete.py); the comparison means something only if the two compute the
 same estimator. Where the two draw their noise the same way (the bits of
 ``jax.random.bernoulli(key, p, (N, D))``, which ``estimators.draw_samples`` draws as
-``uniform(key, (N, D)) < p``; ARM's uniforms; ...), the plain rows equal the library's on the
-same key (float32 rounding). Where they draw differently (REBAR's and RELAX's second uniform),
-their means agree within the standard error of the difference. Every plain version of an
+``uniform(key, (N, D)) < p``; ARM's uniforms; REBAR's and RELAX's two uniforms; ...), the plain
+rows equal the library's on the same key (float32 rounding). Where a pair draws differently
+(none at present), their means agree within the standard error of the difference. REBAR's and
+RELAX's plain conditional sample z~ | b is the stable softplus form, finite at extreme logits,
+where the algebraic form timed beside it is not. Every plain version of an
 unbiased estimator is also held to the exact gradient by enumeration (2^D outcomes, or 2^(DK)
 for a K-sample objective). Bonferroni-corrected z bounds, fixed keys; not timed.
 """
@@ -25,9 +27,11 @@ import numpy as np
 import pytest
 
 import estimators
+from estimators.discrete._relax import conditional_z
 from estimators.testing import ALPHA, bonferroni_z
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _plain_discrete as plain  # noqa: E402
 import bench_discrete as bench  # noqa: E402
 
 DIM = 3
@@ -48,6 +52,8 @@ SAME_NOISE = {
     "arms_systematic",
     "gumbel_softmax",
     "gumbel_softmax_st",
+    "rebar",
+    "relax",
 }
 NAMES = sorted(bench.PLAIN)
 Z = bonferroni_z(2 * len(NAMES) * DIM, ALPHA)
@@ -166,3 +172,51 @@ def test_faster_plain_formulations_give_the_same_rows(spec):
     for _, fn, kwargs in bench.VARIANTS[spec]:
         got = fn(cost, params["logits"], key, 3, **kwargs(state))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_plain_conditional_sample_is_stable(name):
+    """REBAR's and RELAX's plain rows equal the library's on the same key at extreme logits too
+    (the bits drawn there are b = 1 at +30 and b = 0 at -30), and are finite. The algebraic
+    z~ | b of the variant timed beside them (u~ = v p or p + v (1 - p)) is not: given b = 0
+    where p rounds to 1 it is -inf with a NaN gradient, and its row is NaN at a draw jax does
+    make: u = 1 - 2^-23 (its largest uniform) at logit 16, where p = 1 - 2^-23 too (so b = 0),
+    and v = 0.9 (p + v (1 - p) rounds to 1). The stable form there equals the library's."""
+    est = _registered(name)
+    state = _switched_on(est.init())
+    plain_fn, plain_kwargs = bench.PLAIN[name]
+    logits = jnp.array([30.0, -30.0, 20.0, -20.0, 16.0, 0.5])
+    cost, _ = bench.make_problem(logits.shape[0])
+    key = jax.random.key(11)
+    ours = est.per_sample(cost, {"logits": logits}, bench.build, key, num_samples=256, state=state)
+    theirs = plain_fn(cost, logits, key, 256, **plain_kwargs(state))
+    assert np.all(np.isfinite(theirs))
+    np.testing.assert_allclose(theirs, ours["logits"], rtol=1e-4, atol=1e-5)
+
+    # z~ | b given b = 0 at logits where p rounds to 1: stable = library's, algebraic -inf.
+    big = jnp.array([17.0, 20.0, 30.0])
+    zero, v = jnp.zeros(3), jnp.full(3, 0.5)
+    stable = plain._conditional_z(big, zero, v)
+    np.testing.assert_allclose(stable, conditional_z(big, zero, v), rtol=1e-6)
+    assert np.all(np.isfinite(stable)) and np.all(stable < 0)
+    assert np.all(np.isneginf(plain._conditional_z_algebraic(big, zero, v)))
+    relaxed_sum = lambda c: lambda lg: jnp.sum(jax.nn.sigmoid(c(lg, zero, v) / 0.5))  # noqa: E731
+    assert np.all(np.isfinite(jax.grad(relaxed_sum(plain._conditional_z))(big)))
+    assert np.all(np.isnan(jax.grad(relaxed_sum(plain._conditional_z_algebraic))(big)))
+
+    # One row at a draw jax makes, coordinate 0 in the failing case.
+    lg = jnp.array([16.0, 0.3, -1.0])
+    u_max = jnp.float32(1 - 2**-23)
+    assert float(jax.nn.sigmoid(lg[0])) == float(u_max)  # b_0 = 1[u_0 < p_0] = 0
+    u, v = jnp.array([u_max, 0.2, 0.7]), jnp.array([0.9, 0.5, 0.5])
+    kwargs = plain_kwargs(state)
+    eta, temperature, net = kwargs["eta"], kwargs["temperature"], kwargs.get("net")
+    f, _ = bench.make_problem(3)
+
+    def control(z):
+        relaxed = eta * f(jax.nn.sigmoid(z / temperature))
+        return relaxed if net is None else relaxed + net(z)
+
+    good = plain._control_estimate(f, control, lg, u, v, plain._conditional_z)
+    bad = plain._control_estimate(f, control, lg, u, v, plain._conditional_z_algebraic)
+    assert np.all(np.isfinite(good)) and np.isnan(bad[0])
