@@ -103,6 +103,7 @@ def test_bound_draws_average_to_the_exact_bound(k):
 
 
 GRAD_ENTRIES = ("disarm", "relax", "score_function+loo@2", "rodeo@3", "vimco@2")
+_SLOW_GRAD = ("score_function+loo@2", "rodeo@3")  # the battery holds both to enumeration
 
 
 def _setup(entry, model):
@@ -137,7 +138,10 @@ def _exact_objective(model, entry):
     return -jnp.sum(w * (jax.scipy.special.logsumexp(f[tuples], axis=1) - math.log(k)))
 
 
-@pytest.mark.parametrize("entry", GRAD_ENTRIES)
+@pytest.mark.parametrize(
+    "entry",
+    [pytest.param(e, marks=pytest.mark.slow) if e in _SLOW_GRAD else e for e in GRAD_ENTRIES],
+)
 def test_training_gradient_is_unbiased_for_every_parameter(entry):
     """The gradient the training step follows (encoder through the estimator, decoder and
     prior through the cost), averaged over 4000 keys, equals the exact gradient of the
@@ -313,6 +317,7 @@ def test_the_real_mnist_splits(mnist_dir):
     assert data["validation"].shape == (1_000, 784) and data["test"].shape == (1_000, 784)
 
 
+@pytest.mark.slow  # 20 s; the checkpoint machinery it uses is the VAE's, tested by default
 def test_resume_with_more_steps_equals_the_longer_run(tmp_path):
     """A finished 1-epoch run resumed with num_steps for 2 epochs ends where a 2-epoch run
     ends, bit for bit (every draw of epoch e is a function of (seed, e)); the protocol is

@@ -64,7 +64,7 @@ def test_sum_over_examples_is_the_sum_of_the_examples_values():
     "name",
     [
         "relax",
-        "double_cv",
+        pytest.param("double_cv", marks=pytest.mark.slow),
         pytest.param("rebar", marks=pytest.mark.slow),
         pytest.param("rodeo", marks=pytest.mark.slow),
     ],
