@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 import time
@@ -47,7 +46,7 @@ import estimators
 from models import binary_vae
 
 from .._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
-from ..vae import checkpoint
+from ..vae import _write_metrics, checkpoint, read_metrics
 from ..vae import data as vae_data
 from ..vae.train import variance_ratio, variance_summary
 from . import train
@@ -285,18 +284,6 @@ def _epoch_row(
         "per_eval_variance_se": [v["per_sample_variance_se"] for v in variances],
         "diverged": list(diverged),
     }
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``<run_dir>/metrics.jsonl`` (``[]`` if none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _shared_epochs(config, total: int) -> list[int]:
