@@ -771,11 +771,15 @@ def warm_state(
     if not jax.tree.leaves(state):
         return state
     dist = fam.dist_builder(fam.params)
-    for i in range(steps):
-        k = jax.random.fold_in(key, 0x57A7E + i)
+
+    @jax.jit  # one compile for the steps (an adaptive update run eagerly is many dispatches)
+    def step(state: Any, k: jax.Array) -> Any:
         xs = draw_samples(dist, k, num_samples)
         inputs = EstimateInputs(fam.cost, fam.params, fam.dist_builder, k, num_samples)
-        state = estimator.update(state, jax.vmap(fam.cost)(xs), inputs=inputs)
+        return estimator.update(state, jax.vmap(fam.cost)(xs), inputs=inputs)
+
+    for i in range(steps):
+        state = step(state, jax.random.fold_in(key, 0x57A7E + i))
     return state
 
 
