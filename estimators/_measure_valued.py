@@ -98,20 +98,25 @@ def coordinate_costs(
 ) -> Array:
     """``out[p, d] = f(x with coordinate d replaced by values[p, d])``; shape ``[P, D]``.
 
-    ``x: [D]`` (flat), ``values: [P, D]``. Coordinates are processed ``batch_size`` at a time
-    (``lax.map``), so memory is ``O(batch_size * P * D)``, never ``D x D``.
+    ``x: [D]`` (flat), ``values: [P, D]``. Coordinates are processed ``batch_size`` at a time,
+    so memory is ``O(batch_size * P * D)``, never ``D x D`` unless ``batch_size >= D``: then
+    all coordinates in one vectorised step (``jax.vmap``, no loop in the program); otherwise a
+    ``lax.map`` over steps of ``batch_size``. Both evaluate the same elementwise program, so
+    they agree bitwise.
     """
     index = jnp.arange(x.shape[0])
 
-    def at_coordinate(args: tuple[Array, Array]) -> Array:
-        d, v = args
-
+    def at_coordinate(d: Array, v: Array) -> Array:
         def one(vp: Array) -> Array:
             return function(jnp.where(index == d, vp, x).reshape(event_shape))
 
         return jax.vmap(one)(v)
 
-    return jax.lax.map(at_coordinate, (index, values.T), batch_size=batch_size).T
+    if batch_size >= x.shape[0]:
+        return jax.vmap(at_coordinate, out_axes=1)(index, values.T)
+    return jax.lax.map(
+        lambda args: at_coordinate(*args), (index, values.T), batch_size=batch_size
+    ).T
 
 
 def _check_step(name: str, value: object) -> None:
@@ -184,7 +189,11 @@ def measure_valued(
         chunks too, so that one step holds about ``max(2**24, P * batch_size * D)`` elements of
         perturbed samples (``P = 2 S`` replaced values per coordinate, ``S`` statistics; 4 for
         the Normal); memory is that plus the ``O(num_samples * D)`` output. The default takes
-        as many coordinates as fit (all of them for small D).
+        as many coordinates as fit (all of them for small D). The path is chosen statically
+        from the shapes: when one step holds every sample and coordinate (by default when
+        ``P * num_samples * D**2 <= 2**24``), the estimate is one vectorised program with no
+        loop; otherwise a ``lax.map`` over steps. The two draw the same samples and agree to
+        float32 rounding.
       samples_per_step: samples per vectorised step (static); the default follows from the
         element budget above.
       coordinate_costs: optional fast evaluator for a structured cost,
@@ -294,4 +303,6 @@ def _statistic_jacobians(
             for j, name in enumerate(names)
         }
 
+    if sample_chunk >= num_samples:  # all samples in one vectorised step: no loop
+        return jax.vmap(one_sample)((xs, aux_keys))
     return jax.lax.map(one_sample, (xs, aux_keys), batch_size=sample_chunk)
