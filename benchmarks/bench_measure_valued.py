@@ -64,7 +64,7 @@ def plain_measure_valued(f, loc, log_scale, key, num_samples: int):
     import jax.numpy as jnp
 
     dim = loc.shape[0]
-    scale = jnp.exp(log_scale)
+    loc, scale = loc[None], jnp.exp(log_scale)[None]  # [1, D]: explicit ranks
     k_x, k_u, k_z = jax.random.split(key, 3)
     x = loc + scale * jax.random.normal(k_x, (num_samples, dim))
     u = jax.random.uniform(k_u, (num_samples, 3, dim))
@@ -76,7 +76,8 @@ def plain_measure_valued(f, loc, log_scale, key, num_samples: int):
          loc + scale * maxwell * u[:, 2]], axis=1,
     )  # fmt: skip  # [N, 4, D]
     # perturbed[n, p, d] = x[n] with coordinate d replaced by values[n, p, d]: [N, 4, D, D]
-    perturbed = jnp.where(jnp.eye(dim, dtype=bool), values[..., None], x[:, None, None, :])
+    eye = jnp.eye(dim, dtype=bool)[None, None]
+    perturbed = jnp.where(eye, values[..., None], x[:, None, None, :])
     costs = jax.vmap(jax.vmap(jax.vmap(f)))(perturbed)  # [N, 4, D]
     g_loc = (costs[:, 0] - costs[:, 1]) / (scale * math.sqrt(2 * math.pi))
     g_log_scale = costs[:, 2] - costs[:, 3]  # (f+ - f-) / sigma, times sigma
