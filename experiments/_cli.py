@@ -10,6 +10,11 @@
 ``<config>`` is a bundled config name (``fig2``) or a path to a config file. ``mcgrad`` is the
 same command installed as a console script.
 
+``run`` and ``reproduce`` keep JAX's compiled programs in a persistent cache, so a repeated
+run pays no compile: ``$XDG_CACHE_HOME/mcgrad/jax`` (``~/.cache/mcgrad/jax``) by default, or
+``--compilation-cache DIR``; ``--no-compilation-cache`` or ``MCGRAD_COMPILATION_CACHE=0`` turns
+it off, ``MCGRAD_COMPILATION_CACHE=DIR`` moves it (``experiments._compilation_cache``).
+
 SIGTERM (what a batch scheduler or ``timeout`` sends) stops a run the way Ctrl-C does: a
 training run saves its checkpoint and the command prints how to resume it; a one-shot run
 removes its staging folder. The exit status is 143 (128 + 15) after SIGTERM, 130 after Ctrl-C.
@@ -33,7 +38,7 @@ from typing import Any
 
 import ml_collections
 
-from . import _config, _workdir
+from . import _compilation_cache, _config, _workdir
 
 
 class Terminated(KeyboardInterrupt):
@@ -206,6 +211,28 @@ def _describe(path: Path) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def _cache_flags() -> argparse.ArgumentParser:
+    """``--compilation-cache DIR`` and ``--no-compilation-cache``, for the commands that compile."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_mutually_exclusive_group()
+    group.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help="folder of JAX's persistent compilation cache (default: $"
+        f"{_compilation_cache.ENV}, else $JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/mcgrad/jax, i.e. ~/.cache/mcgrad/jax); a repeated run loads its "
+        f"compiled programs from there. {_compilation_cache.ENV}=0 turns it off",
+    )
+    group.add_argument(
+        "--no-compilation-cache",
+        dest="compilation_cache",
+        action="store_const",
+        const="off",
+        help="compile everything afresh and keep nothing on disk",
+    )
+    return flags
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments",
@@ -214,6 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "run",
+        parents=[_cache_flags()],
         help="run one config into a workdir",
         epilog="Override any config value with --config.<key>=<value>.",
     )
@@ -230,7 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("config", help="config name (see `list`) or path to a config file")
     pl = sub.add_parser("plot", help="redraw a run's figures from its saved results")
     pl.add_argument("workdir")
-    rep = sub.add_parser("reproduce", help="run several configs, one workdir each")
+    rep = sub.add_parser(
+        "reproduce", parents=[_cache_flags()], help="run several configs, one workdir each"
+    )
     rep.add_argument("configs", nargs="*", help="config names (default: fig2 ... fig7)")
     rep.add_argument(
         "--outdir", required=True, help="parent folder; each run goes in <outdir>/<name>"
@@ -354,11 +384,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "run":
                 config = _config.load_config(args.config)
                 _config.apply_overrides(config, overrides)
-                run_experiment(config, args.workdir, overwrite=args.overwrite, resume=args.resume)
+                with _compilation_cache.compilation_cache(args.compilation_cache):
+                    run_experiment(
+                        config, args.workdir, overwrite=args.overwrite, resume=args.resume
+                    )
                 print(f"results in {Path(args.workdir).resolve()}")
                 return 0
             if args.command == "reproduce":
-                return _reproduce(args, overrides)
+                with _compilation_cache.compilation_cache(args.compilation_cache):
+                    return _reproduce(args, overrides)
             if args.command == "estimators":
                 import estimators
 
