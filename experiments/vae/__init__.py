@@ -108,6 +108,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ):
         _positive_int(config, key)
     _positive_int(config, "grad_var_num_estimates", 3)  # the jackknife SE needs 3
+    if "num_seeds" in config:  # configs written before the key train one seed
+        _positive_int(config, "num_seeds")
     for key in ("train_examples", "test_examples", "ll_test_examples"):
         _positive_int(config, key, 0)
     _positive_int(config, "num_samples", est.min_samples if est.multi_sample else 1)
@@ -231,9 +233,14 @@ class _Loop:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) -> dict:
-    """Train, checkpoint, evaluate and plot; returns the contents of ``results.json``."""
+    """Train, checkpoint, evaluate and plot; returns the contents of ``results.json``.
+    With ``config.num_seeds > 1`` the seeds train as one program (:mod:`.seeds`)."""
     validate(config)
     workdir = Path(workdir)
+    if config.get("num_seeds", 1) > 1:
+        from . import seeds
+
+        return seeds.run(config, workdir, resume)
     _, train_np, test_np = load_data(config)
     setup, state = init_run(config, train_np.shape[1], len(train_np) // config.batch_size)
     manager = checkpoint.manager(workdir)
@@ -501,4 +508,8 @@ def plot(workdir: Path) -> list[Path]:
     """Redraw the run's figures from ``metrics.jsonl``, ``results.json``, ``figures_data.npz``."""
     workdir = Path(workdir)
     config = read_json(workdir / "config.json")
+    if config.get("num_seeds", 1) > 1:
+        from . import seeds
+
+        return seeds.plot(workdir)
     return plots.plot_run(workdir, config, read_metrics(workdir))

@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.runner = "vae"
     config.seed = 0
+    # Seeds seed, seed + 1, ..., trained as ONE program (vmapped; experiments.vae.seeds); 1 = the
+    # single run, its outputs in the workdir itself.
+    config.num_seeds = 1
     # Data: "digits" (bundled), "mnist", "fashion_mnist". data_dir "" = $MNIST_DIR or the cache.
     config.dataset = "mnist"
     config.data_dir = ""

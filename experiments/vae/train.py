@@ -237,6 +237,20 @@ def make_train_epoch(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyT
     Shuffles, binarises each batch (dynamic binarisation, its own key per step) and takes
     ``num_batches`` steps in one ``lax.scan``; the data stay on the device.
     """
+    return jax.jit(_epoch_program(setup))
+
+
+def make_seeds_epoch(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
+    """Jitted ``(states, train [N, D], epoch_keys [S]) -> (states, losses [S, num_batches])``:
+    :func:`make_train_epoch`'s epoch for ``S`` seeds in ONE program (``jax.vmap`` over the
+    seeds' states, leaves ``[S, ...]``, and their epoch keys; the data shared). Seed ``s``
+    computes what a one-seed run of ``epoch_keys[s]`` computes, up to float32 rounding (the
+    batched matmuls may sum in another order)."""
+    return jax.jit(jax.vmap(_epoch_program(setup), in_axes=(0, None, 0)))
+
+
+def _epoch_program(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
+    """The un-jitted epoch of ONE seed (see :func:`make_train_epoch`)."""
 
     def epoch(state, train, key):
         k_perm, k_steps = jax.random.split(key)
@@ -256,7 +270,7 @@ def make_train_epoch(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyT
 
         return jax.lax.scan(body, state, (idx, step_keys))
 
-    return jax.jit(epoch)
+    return epoch
 
 
 def make_grad_variance(setup: Setup, num_estimates: int) -> Callable[..., dict[str, Array]]:

@@ -1,0 +1,150 @@
+"""Seeds in one program (``config.num_seeds > 1``, :mod:`experiments.vae.seeds`): seed ``s`` of
+the vmapped program is the one-seed run of ``s``; a diverged seed is reported and left out
+while the others train on; resume is bit for bit. Tiny digits sizes, as in test_vae_train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import _config as cfg
+from experiments import run_experiment, vae
+from experiments.vae import seeds as vae_seeds
+from experiments.vae import train as vae_train
+
+TINY = [
+    "train_examples=300",
+    "test_examples=24",
+    "batch_size=50",
+    "hidden=(16,)",
+    "latent_dim=2",
+    "ll_num_samples=20",
+    "ll_chunk_size=10",
+    "grad_var_num_estimates=3",
+    "grad_var_batch_size=16",
+    "grad_var_every_epochs=2",
+    "checkpoint_every_steps=6",
+    "progress=false",
+    "figures=false",
+]
+
+
+def _config(*extra: str):
+    config = cfg.load_config("vae_digits")
+    cfg.apply_overrides(config, [*TINY, *extra])
+    return config
+
+
+def _final_entries(workdir: Path) -> dict[str, np.ndarray]:
+    manager = vae.checkpoint.manager(workdir)
+    tree = manager.restore(manager.latest_step())
+    return {name: np.asarray(v) for name, v in tree["state"].items()}
+
+
+def test_seed_s_of_the_program_is_the_one_seed_run_of_s():
+    """Two epochs of seeds 3 and 4 in one program against each seed's own program, from the
+    states vae.run starts from and with its keys (NVIL: the baseline network's state too).
+    Float32 tolerance: the batched matmuls may sum in another order (rtol 2e-5, atol 1e-6)."""
+    config = _config("estimator=score_function+nvil")
+    _, train_np, _ = vae.load_data(config)
+    seeds = [3, 4]
+    inits = [
+        vae.init_run(vae_seeds.seed_config(config, s), train_np.shape[1], len(train_np) // 50)
+        for s in seeds
+    ]
+    setup = inits[0][0]
+    train_x = jnp.asarray(train_np)
+    both = vae_seeds.stack([state for _, state in inits])
+    program = vae_train.make_seeds_epoch(setup)
+    single = vae_train.make_train_epoch(setup)
+    ones = [state for _, state in inits]
+    for epoch in range(2):
+        both, losses = program(
+            both, train_x, jnp.stack([vae_train.epoch_keys(s, epoch) for s in seeds])
+        )
+        for i, s in enumerate(seeds):
+            ones[i], loss = single(ones[i], train_x, vae_train.epoch_keys(s, epoch))
+            np.testing.assert_allclose(
+                np.asarray(losses[i]), np.asarray(loss), rtol=2e-5, atol=1e-6
+            )
+    for i in range(2):
+        mine = jax.tree.leaves(vae_seeds.unstack(both, i))
+        for a, b in zip(mine, jax.tree.leaves(ones[i]), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+    kernel = np.asarray(jax.tree.leaves(both["params"]["encoder"])[0])
+    assert not np.allclose(kernel[0], kernel[1])  # the seeds are different runs
+
+
+def _poison_seed_1_in_epoch_2(monkeypatch):
+    """Seed 1's losses become NaN in its second epoch (the program's result, as a real
+    divergence would show it); the runner must keep its state of epoch 1."""
+    real = vae_train.make_seeds_epoch
+
+    def poisoned(setup):
+        jitted = real(setup)
+
+        def epoch(states, train, keys):
+            new, losses = jitted(states, train, keys)
+            if int(states["step"][1]) == 6:  # seed 1 starts its second epoch
+                losses = losses.at[1, 2].set(jnp.nan)
+                new = jax.tree.map(
+                    lambda a: a.at[1].set(jnp.nan) if a.dtype == jnp.float32 else a, new
+                )
+            return new, losses
+
+        class Lowered:
+            def lower(self, *args):
+                return self
+
+            def compile(self):
+                return epoch
+
+        return Lowered()
+
+    monkeypatch.setattr(vae_train, "make_seeds_epoch", poisoned)
+
+
+@pytest.mark.slow  # three tiny runs, about 20 s on 2 cores
+def test_a_diverged_seed_is_reported_the_others_train_on_and_resume_is_bit_for_bit(
+    tmp_path, monkeypatch
+):
+    config = _config("estimator=score_function", "num_epochs=3", "num_seeds=2", "seed=7")
+    _poison_seed_1_in_epoch_2(monkeypatch)
+    straight = run_experiment(config, tmp_path / "straight")
+
+    assert straight["diverged"] == [None, 2] and straight["seeds_averaged"] == 1
+    seed_7 = json.loads((tmp_path / "straight" / "seed_7" / "results.json").read_text())
+    assert straight["test_elbo"] == seed_7["test_elbo"]  # seed 8 never averaged in
+    assert np.isnan(straight["test_elbo_se"])  # one seed: no SE across seeds
+    assert seed_7["epochs"] == 3 and seed_7["steps"] == 18
+    gone = json.loads((tmp_path / "straight" / "seed_8" / "diverged.json").read_text())
+    assert gone["diverged_in_epoch"] == 2 and gone["epochs"] == 1
+    assert len(vae.read_metrics(tmp_path / "straight" / "seed_8")) == 1
+    entries = _final_entries(tmp_path / "straight")
+    assert entries["diverged"].tolist() == [0, 2]
+    kernel = entries["seeds/params/encoder/layers/0/kernel/value"]
+    assert np.isfinite(kernel).all()  # seed 8 kept its last good state
+    assert entries["seeds/step"].tolist() == [18, 6]
+    assert "| mean ± SE (1 of 2 seeds)" in (tmp_path / "straight" / "seeds.md").read_text()
+
+    real = vae_train.epoch_keys
+
+    def interrupting(seed, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(seed, epoch)
+
+    monkeypatch.setattr(vae_train, "epoch_keys", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "resumed")
+    monkeypatch.setattr(vae_train, "epoch_keys", real)
+    assert vae.checkpoint.latest_step(tmp_path / "resumed") == 12
+    resumed = run_experiment(config, tmp_path / "resumed", resume=True)
+    b = _final_entries(tmp_path / "resumed")
+    assert entries.keys() == b.keys() and all(np.array_equal(entries[k], b[k]) for k in b)
+    assert resumed["test_elbo"] == straight["test_elbo"] and resumed["diverged"] == [None, 2]
