@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vae.py [--batch-size 128] [--steps 50] [--repeats 5]
                                    [--breakdown] [--workdir runs/vae_mnist]
+    python benchmarks/bench_vae.py --compare [--repeats 15] [--torch-python PATH]
 
 Measures, in the same run:
   * the roofline: GFLOP/s of a large jitted ``jnp.dot`` (fp32, n x n), median of repeats;
@@ -15,6 +16,11 @@ Measures, in the same run:
     with its ms per step and its model-FLOPs ratio to the roofline; and a baseline, the same
     training step written directly in JAX without this project's code, with the speed of
     ours relative to it.
+With ``--compare`` it measures instead ours against the step a user writes elsewhere, same model,
+batch, Adam and static binary data, alternating rounds in this run: a plain ``nnx.jit`` Flax
+step called from Python per batch, and PyTorch eager (``benchmarks/_torch_vae.py`` in
+``.venv-torch``, made by ``bash benchmarks/setup_torch.sh``), both with as many threads as
+cores; ours with static and with dynamic binarisation (the config's default).
 With ``--workdir`` of a finished ``vae_mnist`` run it also prints the log-likelihood target
 (better than -92 nats within 30 minutes of training).
 """
@@ -34,8 +40,11 @@ import jax.numpy as jnp
 import ml_collections
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+import estimators  # noqa: E402, F401  (first: its XLA:CPU workaround must precede any computation)
 
-
+# PyTorch lives in its own virtual environment (the project must not depend on it), made by
+# ``bash benchmarks/setup_torch.sh``; --torch-python names another interpreter.
+DEFAULT_TORCH = str(Path(__file__).resolve().parents[1] / ".venv-torch" / "bin" / "python")
 MATMULS = "the four matmuls alone (fwd + bwd + SGD)"
 PLAIN = "baseline: the step in plain JAX"
 
@@ -59,12 +68,21 @@ def make_matmuls(sizes: list[int]) -> dict[int, object]:
 
 
 def make_training(
-    batch_size: int, steps: int, estimator: str, *, dynamic: bool = True, sgd: bool = False
+    batch_size: int,
+    steps: int,
+    estimator: str,
+    *,
+    dynamic: bool = True,
+    sgd: bool = False,
+    train: jax.Array | None = None,
+    with_hlo: bool = False,
 ):
     """A compiled, warmed-up call of ``steps`` scanned training steps of the default model.
 
     ``dynamic=False`` trains on the batch as given (no binarisation inside the step) and
-    ``sgd=True`` replaces Adam by plain SGD: the ablations of ``--breakdown``.
+    ``sgd=True`` replaces Adam by plain SGD: the ablations of ``--breakdown``. ``train``
+    ``[steps * batch_size, 784]``: the images (default :func:`_data`). ``with_hlo=True``
+    returns ``(call, compiled HLO text)``.
     """
     import optax
 
@@ -85,7 +103,7 @@ def make_training(
         dynamic=dynamic,
         **pieces,
     )
-    train = _data(steps * batch_size)
+    train = _data(steps * batch_size) if train is None else train
     epoch = vae_train.make_train_epoch(setup)
     key = jax.random.key(1)
 
@@ -93,6 +111,8 @@ def make_training(
         epoch(state, train, key)[1].block_until_ready()
 
     call()
+    if with_hlo:
+        return call, epoch.lower(state, train, key).compile().as_text()
     return call
 
 
@@ -146,6 +166,151 @@ def make_plain_step(batch_size: int, steps: int):
 
     call()
     return call
+
+
+def make_flax_step(batch_size: int, steps: int, train: jax.Array, with_hlo: bool = False):
+    """The training step a Flax user writes: a baseline for ``--compare``.
+
+    The default model as an ``nnx.Module`` of four ``nnx.Linear`` layers, ``nnx.Optimizer``
+    with optax's Adam (1e-3), and a ``@nnx.jit`` step ``(model, optimizer, x, key) -> loss``
+    (one ``jax.random.normal`` draw for the batch, ``log p(x|z)`` via ``softplus``, the analytic
+    KL), called once per batch from Python on the STATICALLY binarised ``train`` ``[steps *
+    batch_size, 784]`` (its consecutive batches, already on the device, with keys split
+    beforehand). Returns a warmed-up call of ``steps`` steps (``with_hlo=True``: and the
+    step's compiled HLO text).
+    """
+    import optax
+    from flax import nnx
+
+    class FlaxVAE(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.e0, self.e1 = nnx.Linear(784, 400, rngs=rngs), nnx.Linear(400, 40, rngs=rngs)
+            self.d0, self.d1 = nnx.Linear(20, 400, rngs=rngs), nnx.Linear(400, 784, rngs=rngs)
+
+        def __call__(self, x, key):
+            out = self.e1(jax.nn.relu(self.e0(x)))
+            loc, log_scale = out[:, :20], out[:, 20:]
+            z = loc + jnp.exp(log_scale) * jax.random.normal(key, loc.shape)
+            logits = self.d1(jax.nn.relu(self.d0(z)))
+            log_lik = jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+            kl = 0.5 * jnp.sum(loc**2 + jnp.exp(2 * log_scale) - 1 - 2 * log_scale, axis=-1)
+            return jnp.mean(kl - log_lik)
+
+    model = FlaxVAE(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, key):
+        loss, grads = nnx.value_and_grad(lambda m: m(x, key))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    batches = [train[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+    keys = list(jax.random.split(jax.random.key(1), steps))
+
+    def call():
+        for x, key in zip(batches, keys, strict=True):
+            loss = step(model, optimizer, x, key)
+        loss.block_until_ready()
+
+    call()
+    if with_hlo:
+        return call, step.lower(model, optimizer, batches[0], keys[0]).compile().as_text()
+    return call
+
+
+class TorchSteps:
+    """The PyTorch eager step (``benchmarks/_torch_vae.py``) in a subprocess of ``python``;
+    calling it runs ``steps`` steps there and returns the seconds they took (measured in the
+    subprocess, so the pipe is not timed)."""
+
+    def __init__(self, python: str, train: jax.Array, batch_size: int, steps: int, threads: int):
+        import subprocess
+        import tempfile
+
+        import numpy as np
+
+        self._tmp = tempfile.TemporaryDirectory()
+        data = Path(self._tmp.name) / "train.npy"
+        np.save(data, np.asarray(train, np.float32))
+        script = Path(__file__).resolve().parent / "_torch_vae.py"
+        self.proc = subprocess.Popen(
+            [python, str(script), str(data), str(batch_size), str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.steps = steps
+        assert self.proc.stdout is not None
+        self.version = self.proc.stdout.readline().strip()
+        if not self.version:
+            raise RuntimeError(f"{python} {script} did not start")
+        self()  # warm-up round
+
+    def __call__(self) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{self.steps}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self._tmp.cleanup()
+
+
+def compare(args) -> None:
+    """``--compare``: examples/s of ours (static and dynamic binarisation), the jitted Flax step
+    and PyTorch eager, alternating rounds in this run; medians and per-round ratios."""
+    import numpy as np
+
+    n = args.steps * args.batch_size
+    grey = _data(n)
+    binary = jax.random.bernoulli(jax.random.key(3), grey).astype(jnp.float32)  # static draw
+    threads = os.cpu_count() or 1
+    calls: dict[str, object] = {
+        "ours, static binarisation": make_training(
+            args.batch_size, args.steps, "pathwise", dynamic=False, train=binary
+        ),
+        "ours, dynamic binarisation": make_training(
+            args.batch_size, args.steps, "pathwise", dynamic=True, train=grey
+        ),
+        "Flax nnx.jit step, static": make_flax_step(args.batch_size, args.steps, binary),
+    }
+    torch_steps = None
+    python = args.torch_python or DEFAULT_TORCH
+    if Path(python).exists():
+        torch_steps = TorchSteps(python, binary, args.batch_size, args.steps, threads)
+        print(f"PyTorch eager: {torch_steps.version} ({python})")
+    else:
+        print(f"PyTorch eager: skipped, no {python} (bash benchmarks/setup_torch.sh)")
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    if torch_steps is not None:
+        seconds["PyTorch eager, static"] = []
+    loads = []
+    for _ in range(args.repeats):
+        for name, fn in calls.items():
+            seconds[name].append(_seconds(fn))
+        if torch_steps is not None:
+            seconds["PyTorch eager, static"].append(torch_steps())
+        loads.append(os.getloadavg()[0])
+    if torch_steps is not None:
+        torch_steps.close()
+    med = statistics.median
+    ours = np.asarray(seconds["ours, static binarisation"])
+    print(
+        f"batch {args.batch_size}, {args.steps} steps per round, {args.repeats} alternating "
+        f"rounds, {threads} threads each; load (1 min) {min(loads):.2f}-{max(loads):.2f}"
+    )
+    print(f"  {'':28s} {'examples/s':>11s}  {'ms/step':>7s}  ours static / it (per round)")
+    for name, s in seconds.items():
+        ratio = np.asarray(s) / ours
+        print(
+            f"  {name:28s} {n / med(s):11,.0f}  {med(s) / args.steps * 1e3:7.3f}  "
+            f"{np.median(ratio):.2f}x (min {ratio.min():.2f}, max {ratio.max():.2f})"
+        )
 
 
 def make_breakdown(batch_size: int, steps: int) -> dict[str, object]:
@@ -230,7 +395,17 @@ def main() -> None:
     p.add_argument("--estimator", default="pathwise")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--breakdown", action="store_true", help="time the pieces of a step too")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="ours against a jitted Flax step and PyTorch eager (alternating rounds) only",
+    )
+    p.add_argument("--torch-python", default=None, help="interpreter with torch (.venv-torch)")
     args = p.parse_args()
+    if args.compare:
+        print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, load {os.getloadavg()}")
+        compare(args)
+        return
     if args.breakdown and args.estimator != "pathwise":
         p.error("--breakdown compares pathwise steps; leave --estimator at pathwise")
 
