@@ -15,6 +15,7 @@ if absent). It materialises
 that exceeds ``--timeout`` seconds is reported as not finished.
 
     python benchmarks/bench_measure_valued.py [--dims 10,1000,10000] [--repeats 5]
+    python benchmarks/bench_measure_valued.py --profile 1   # where the time goes at D = 1
 
 A second table (``--plain-dims``, default ``1,10,100``; empty to skip) times ours against
 :func:`plain_measure_valued`, a minimal hand-written JAX version of the same estimator (one
@@ -244,6 +245,96 @@ def _run_case(python: str, kind: str, dim: int, num_samples: int, repeats: int, 
     return result
 
 
+def _profile(dim: int, num_samples: int, repeats: int) -> None:
+    """Where the time goes, ours against the plain version at one D (printed).
+
+    For each: trace, lowering and XLA compile times; XLA's cost analysis (flops,
+    transcendentals, bytes accessed); the compiled HLO's while loops (each named by the JAX
+    function it came from: a loop left by ``lax.map`` would show here, threefry's rounds loops
+    always do) and fusion count; then the median time of the whole estimate against that of its
+    random draws alone (alternating rounds), which splits the time into drawing and evaluating.
+    """
+    import re
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(REPO))
+    import estimators
+    from estimators._measure_valued import _TAG_AUXILIARY
+
+    def f(x):
+        return jnp.sum(jnp.cos(x))
+
+    loc, log_scale = jnp.zeros(dim), jnp.zeros(dim)
+    n = num_samples
+
+    def ours(key):
+        build = lambda p: estimators.multi_normal(*p)  # noqa: E731
+        return estimators.measure_valued(f, (loc, log_scale), build, key, num_samples=n)
+
+    def ours_draws(key):  # the estimator's draws only: its documented streams
+        d = estimators.multi_normal(loc, log_scale)
+        aux = jax.random.split(jax.random.fold_in(key, _TAG_AUXILIARY), n)
+        terms = jax.vmap(lambda k: d.weak_derivative(k, True))(aux)
+        parts = [v for t in terms.values() for v in (t.positive, t.negative)]
+        # x only where it is used: at D = 1 every coordinate is replaced and XLA drops it
+        return (estimators.draw_samples(d, key, n) if dim > 1 else None), parts
+
+    def plain(key):
+        return plain_measure_valued(f, loc, log_scale, key, n)
+
+    def plain_draws(key):
+        k_x, k_u, k_z = jax.random.split(key, 3)
+        x = jax.random.normal(k_x, (n, dim)) if dim > 1 else None
+        return x, jax.random.uniform(k_u, (n, 3, dim)), jax.random.normal(k_z, (n, 3, dim))
+
+    key = jax.random.key(0)
+    print(f"profile at D = {dim}, N = {n} (one call; load {os.getloadavg()[0]:.2f})")
+    fns = {}
+    for name, fn in (("ours", ours), ("plain", plain)):
+        start = time.perf_counter()
+        traced = jax.jit(fn).trace(key)
+        t_trace = time.perf_counter() - start
+        lowered = traced.lower()
+        t_lower = time.perf_counter() - start - t_trace
+        compiled = lowered.compile()
+        t_compile = time.perf_counter() - start - t_trace - t_lower
+        cost = compiled.cost_analysis()
+        hlo = compiled.as_text()
+        loops = [  # the innermost jitted JAX function each loop came from
+            (re.findall(r"jit\((\w+)\)", m.group(1)) or ["?"])[-1] if m else "?"
+            for line in hlo.splitlines()
+            if " while(" in line
+            for m in [re.search(r'op_name="([^"]+)"', line)]
+        ]
+        print(
+            f"  {name:>5}: trace {t_trace:.3f} s, lower {t_lower:.3f} s, XLA compile "
+            f"{t_compile:.3f} s; flops {cost['flops']:.3g}, transcendentals "
+            f"{cost['transcendentals']:.3g}, bytes {cost['bytes accessed']:.3g}; "
+            f"{hlo.count(' fusion(')} fusions, {len(loops)} while loops: {', '.join(loops)}"
+        )
+        fns[name] = compiled
+    for name, fn in (("ours draws", ours_draws), ("plain draws", plain_draws)):
+        fns[name] = jax.jit(fn).lower(key).compile()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(repeats):
+        for name, fn in fns.items():
+            k = jax.random.key(i + 1)
+            start = time.perf_counter()
+            jax.block_until_ready(fn(k))
+            times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    for side in ("ours", "plain"):
+        print(
+            f"  {side:>5}: {med[side]:.2f} ms per call, of which the random draws alone "
+            f"{med[side + ' draws']:.2f} ms"
+        )
+    print(f"  ratio ours / plain {med['ours'] / med['plain']:.2f}; load {os.getloadavg()[0]:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", default="10,1000,10000")
@@ -256,11 +347,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plain-repeats", type=int, default=15)
     parser.add_argument("--worker", choices=["ours", "optax"], help=argparse.SUPPRESS)
     parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile", type=int, metavar="D", help="only print where the time goes at this D"
+    )
     parser.add_argument("--dim", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         print(json.dumps(_worker(args.worker, args.dim, args.num_samples, args.repeats)))
+        return
+    if args.profile:
+        n = args.num_samples or PLAIN_SAMPLES.get(args.profile, 1000)
+        _profile(args.profile, n, args.plain_repeats)
         return
     if args.plain_worker:
         print(json.dumps(_plain_worker(args.dim, args.num_samples, args.repeats)))
