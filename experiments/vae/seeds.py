@@ -93,6 +93,20 @@ def restore(workdir: Path, states: PyTree) -> checkpoint.Restored | None:
     return checkpoint.restore(checkpoint.manager(workdir), template)
 
 
+def init_seeds(
+    config: ml_collections.ConfigDict, data_dim: int, num_batches: int
+) -> tuple[train.Setup, PyTree]:
+    """The ``Setup`` and the stacked initial states ``[S, ...]`` of the config's seeds: seed
+    ``s``'s is ``vae.init_run``'s for seed ``s``, bit for bit (the same draws, vmapped over the
+    seeds' keys in one compiled program instead of ``S`` compilations of the initialisers)."""
+    seeds = seed_list(config)
+    # The seeds' setups differ only in initial values, which the state holds.
+    setup, _ = vae.init_run(seed_config(config, seeds[0]), data_dim, num_batches)
+    keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in seeds])
+    states = jax.jit(jax.vmap(lambda k: train.init_state(config, data_dim, k)[1]))(keys)
+    return setup, states
+
+
 def _seed_keys(seeds: list[int], epoch: int) -> jax.Array:
     return jnp.stack([train.epoch_keys(s, epoch) for s in seeds])
 
@@ -105,9 +119,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     _, train_np, test_np = vae.load_data(config)
     num_batches = len(train_np) // config.batch_size
     configs = [seed_config(config, s) for s in seeds]
-    inits = [vae.init_run(c, train_np.shape[1], num_batches) for c in configs]
-    setup = inits[0][0]  # the seeds' setups differ only in initial values, which are state
-    states = stack([state for _, state in inits])
+    setup, states = init_seeds(config, train_np.shape[1], num_batches)
     dirs = [workdir / seed_dir(s) for s in seeds]
     manager = checkpoint.manager(workdir)
     start, diverged = 0, [0] * len(seeds)
