@@ -437,9 +437,12 @@ def test_an_estimator_given_by_importable_path_runs_through_the_runner(tmp_path)
     for r in mine:
         r["exact_variance"] = exact[r["cost"], r["parameter"], r["x"]]
     _check_points(mine, NUM_SAMPLES)
-    # Its own random stream: not a copy of the registry's pathwise points.
+    # One key for all of a config's estimators (monte_carlo.mc_moments): the same function of
+    # the same samples gives the registry's pathwise points, to float32 rounding.
     theirs = [r for r in results["points"] if r["estimator"] == "pathwise"]
-    assert [r["mc_variance"] for r in mine] != [r["mc_variance"] for r in theirs]
+    np.testing.assert_allclose(
+        [r["mc_variance"] for r in mine], [r["mc_variance"] for r in theirs], rtol=1e-5
+    )
     assert (tmp_path / "mine" / "fig7.png").stat().st_size > 1000
 
 

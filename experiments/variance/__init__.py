@@ -47,7 +47,7 @@ from tqdm import tqdm
 from .._workdir import atomic_write_text, read_json, save_figure, write_json
 from . import exact as quadrature
 from . import monte_carlo, problems
-from .costs import K_TERMS, Rows, active_terms
+from .costs import Rows, active_terms
 
 # Axis labels of results written before problems named their parameters (redrawing old runs).
 _GAUSSIAN_LABELS = {"loc": r"$\mu$", "scale": r"$\sigma$"}
@@ -214,36 +214,30 @@ def _exact_gradient(config, parameter: str, rows: Rows) -> np.ndarray:
     return problem.exact_gradient(parameter, rows, values, config.num_nodes)
 
 
-def _mc_tasks(config: ml_collections.ConfigDict) -> list[tuple[str, int, list[tuple[str, float]]]]:
-    """(estimator, D, [(cost, x), ...]) for each jitted call: the rows it computes."""
-    tasks = []
-    for est in config.estimators:
-        if "dims" in config:
-            for dim in sorted(set(config.dims)):
-                tasks.append((est, dim, [(c, float(dim)) for c in config.costs]))
-        else:
-            rows = [(c, float(x)) for c in config.costs for x in _axes_values(config, c)[1]]
-            tasks.append((est, 1, rows))
-    return tasks
+def _mc_tasks(config: ml_collections.ConfigDict) -> list[tuple[int, list[tuple[str, float]]]]:
+    """(D, [(cost, x), ...]) for each jitted call: the rows it computes, for every estimator."""
+    if "dims" in config:
+        return [(dim, [(c, float(dim)) for c in config.costs]) for dim in sorted(set(config.dims))]
+    return [(1, [(c, float(x)) for c in config.costs for x in _axes_values(config, c)[1]])]
 
 
-def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> dict:
-    """Per parameter, ``(variance, se, gradient, gradient_se)`` ``[R]`` for the rows of one call."""
+def _run_mc(config, dim: int, rows: list[tuple[str, float]]) -> dict:
+    """Per estimator and parameter, ``(variance, se, gradient, gradient_se)`` ``[R]`` for the
+    rows of one call: all of the config's estimators in one program, sharing their samples
+    (``monte_carlo.mc_moments``: common random numbers over rows and estimators)."""
     by_dim = "dims" in config
     problem = _problem(config)
-    # Each estimator (and D) has its own stream, whatever else the config computes.
-    key = jax.random.fold_in(jax.random.key(config.seed), monte_carlo.stream(estimator))
+    specs = tuple(config.estimators)
+    key = jax.random.key(config.seed)
     if by_dim:
         key = jax.random.fold_in(key, dim)
     costs = [problem.costs[c] for c, _ in rows]
-    joint = monte_carlo.samples_per_estimate(monte_carlo.estimator(estimator))
-    evaluations = monte_carlo.estimator(estimator).cost_evaluations(dim) * joint
+    joints = {e: monte_carlo.samples_per_estimate(monte_carlo.estimator(e)) for e in specs}
+    evaluations = max(monte_carlo.estimator(e).cost_evaluations(dim) * joints[e] for e in specs)
     chunks = tuple(monte_carlo.chunk_sizes(config.num_samples, len(rows), dim, evaluations))
-    # A clear error if the estimator needs more samples than a chunk holds.
-    monte_carlo.estimator(estimator).check(
-        problem.dist_builder(problem.params(_values(config, problem), dim)),
-        joint if joint > 1 else min(chunks),
-    )
+    dist = problem.dist_builder(problem.params(_values(config, problem), dim))
+    for e in specs:  # a clear error if an estimator needs more samples than a chunk holds
+        monte_carlo.estimator(e).check(dist, joints[e] if joints[e] > 1 else min(chunks))
     moments = monte_carlo.mc_moments(
         key,
         np.array([c.weight_vector() for c in costs], np.float32),
@@ -251,17 +245,20 @@ def _run_mc(config, estimator: str, dim: int, rows: list[tuple[str, float]]) -> 
         np.array([c.constant for c in costs], np.float32),
         {k: np.float32(v) for k, v in _values(config, problem).items()},
         problem=problem,
-        estimator=estimator,
-        terms=active_terms([c for c, _ in rows]) if by_dim else K_TERMS,
+        specs=specs,
+        terms=active_terms([c for c, _ in rows]),
         dim=dim,
         chunks=chunks,
     )
     # A multi-sample estimate's variance times its K samples: the variance per sample, what
     # averaging K single-sample estimates would give (monte_carlo.samples_per_estimate).
     return {
-        p: tuple(joint * v for v in monte_carlo.combine(moments[p], chunks))
-        + monte_carlo.first_coordinate_mean(moments[p], chunks)
-        for p in config.parameters
+        e: {
+            p: tuple(joints[e] * v for v in monte_carlo.combine(moments[e][p], chunks))
+            + monte_carlo.first_coordinate_mean(moments[e][p], chunks)
+            for p in config.parameters
+        }
+        for e in specs
     }
 
 
@@ -303,24 +300,27 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         leave=False,
         disable=not config.progress,
     )
-    for est, dim, rows in bar:
-        bar.set_postfix_str(est + (f" D={dim}" if by_dim else ""))
-        mc = _run_mc(config, est, dim, rows)
-        for p in config.parameters:
-            variance, se, gradient, gradient_se = mc[p]
-            for cost in dict.fromkeys(c for c, _ in rows):
-                idx = [i for i, (c, _) in enumerate(rows) if c == cost]
-                xs = np.array([rows[i][1] for i in idx])
-                exact_rows = _rows(config, cost, xs)
-                exact = _exact(config, est, p, exact_rows)
-                exact_gradient = _exact_gradient(config, p, exact_rows)
-                for j, i in enumerate(idx):
-                    values = (
-                        *(cost, est, p, xs[j]),
-                        None if exact is None else exact[j],
-                        *(variance[i], se[i], exact_gradient[j], gradient[i], gradient_se[i]),
-                    )
-                    points.append(dict(zip(_POINT_FIELDS, values, strict=True)))
+    for dim, rows in bar:
+        if by_dim:
+            bar.set_postfix_str(f"D={dim}")
+        mc_all = _run_mc(config, dim, rows)
+        for est in config.estimators:
+            mc = mc_all[est]
+            for p in config.parameters:
+                variance, se, gradient, gradient_se = mc[p]
+                for cost in dict.fromkeys(c for c, _ in rows):
+                    idx = [i for i, (c, _) in enumerate(rows) if c == cost]
+                    xs = np.array([rows[i][1] for i in idx])
+                    exact_rows = _rows(config, cost, xs)
+                    exact = _exact(config, est, p, exact_rows)
+                    exact_gradient = _exact_gradient(config, p, exact_rows)
+                    for j, i in enumerate(idx):
+                        values = (
+                            *(cost, est, p, xs[j]),
+                            None if exact is None else exact[j],
+                            *(variance[i], se[i], exact_gradient[j], gradient[i], gradient_se[i]),
+                        )
+                        points.append(dict(zip(_POINT_FIELDS, values, strict=True)))
     points = [
         {k: (_float_or_none(v) if k in _POINT_FIELDS[3:] else v) for k, v in r.items()}
         for r in points
@@ -346,6 +346,12 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         + (
             "; a multi-sample estimator (samples used jointly): the variance of one call's "
             "estimate from K = min_samples samples, over independent calls, times K"
+        ),
+        "sampling": (
+            "common random numbers: every Monte Carlo point of one D (all rows and all "
+            "estimators) is computed from the same key, so estimators that draw alike share "
+            "their samples; each point is unbiased with the standard error shown, and the "
+            "points are correlated with each other"
         ),
         "costs": {c: problem.costs[c].label for c in config.costs},
         "estimators": {e: monte_carlo.estimator(e).label for e in config.estimators},

@@ -1,9 +1,10 @@
 """Monte Carlo single-sample variances of any registered estimator, a whole grid per compile.
 
-One call of :func:`mc_moments` runs one estimator on every row of a grid (a row is one cost
-and one ``k``, both traced, so the rows are a ``jax.vmap``) and returns per-chunk moments of
-the per-sample estimates; :func:`combine` merges the chunks in float64 into the variance per
-coordinate, averaged over the ``D`` coordinates, and its standard error.
+One call of :func:`mc_moments` runs several estimators on every row of a grid in one jitted
+program (a row is one cost and one ``k``, both traced, so the rows are a ``jax.vmap``) and
+returns per-chunk moments of the per-sample estimates; :func:`combine` merges the chunks in
+float64 into the variance per coordinate, averaged over the ``D`` coordinates, and its
+standard error.
 
 An estimator is a spec of ``estimators.registry`` (``"pathwise"``, ``"score_function+loo"``,
 ``"mypkg.mymod:my_estimator"``): the runner calls its ``per_sample`` with the estimator's
@@ -14,13 +15,14 @@ at :math:`b \approx b^*`, the value the exact curve assumes, rather than with a 
 re-estimated from each chunk of samples.
 
 Samples are processed ``chunk_size`` at a time (``jax.lax.map``), so memory is
-``O(rows * chunk_size * D)`` whatever ``num_samples`` is.
+``O(estimators * rows * chunk_size * D)`` whatever ``num_samples`` is. By default the rows and
+the estimators share their samples (common random numbers, drawn once per chunk): every point
+stays unbiased with its own standard error, and the points are correlated.
 """
 
 from __future__ import annotations
 
 import functools
-import zlib
 from functools import partial
 from typing import Any
 
@@ -42,22 +44,6 @@ STEP_ELEMENTS = 2**18
 MULTI_EVALUATION_STEP = 2**24
 # The modifier whose baseline the runner estimates once per grid row (see the module docstring).
 ROW_BASELINE = "optimal"
-# Random streams (``fold_in`` of the config's seed) of the estimators of Figs 2-7: the ones they
-# had when the runner knew only these five, so the figures reproduce bit for bit. Any other
-# estimator's stream comes from a hash of its spec (:func:`stream`).
-_FIGURE_STREAMS = {
-    "score_function": 0,
-    "score_function+optimal": 1,
-    "pathwise": 2,
-    "measure_valued": 3,
-    "measure_valued_uncoupled": 4,
-}
-
-
-def stream(spec: str) -> int:
-    """The number folded into the seed for ``spec``'s samples: fixed per spec, whatever else
-    a config computes."""
-    return _FIGURE_STREAMS.get(spec, len(_FIGURE_STREAMS) + zlib.crc32(spec.encode()) % 2**30)
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,17 +79,25 @@ def samples_per_estimate(est: estimators.GradientEstimator) -> int:
     return est.min_samples if est.multi_sample else 1
 
 
-def _chunk_moments(g: jax.Array) -> dict:
+def _chunk_moments(g: jax.Array, count: jax.Array | None = None) -> dict:
     """Moments of one chunk of per-sample estimates ``g: [n, D]``.
 
     ``mean [D]``, ``m2 [D]`` (sum of squared deviations from the chunk mean), and the sums
     ``h1``, ``h2`` of ``h_i = mean_d (g_id - mean_d)^2`` and of its square, whose spread gives
     the standard error of the coordinate-averaged variance (correlations between coordinates
-    included).
+    included). With ``count`` (an int ``[]``, ``1 <= count <= n``), only the first ``count``
+    rows of ``g`` enter: a short last chunk padded to the others' size, so that every chunk
+    is the same traced program.
     """
-    mean = jnp.mean(g, axis=0, keepdims=True)
-    dev2 = jnp.square(g - mean)
-    h = jnp.mean(dev2, axis=1)
+    if count is None:
+        mean = jnp.mean(g, axis=0, keepdims=True)
+        dev2 = jnp.square(g - mean)
+        h = jnp.mean(dev2, axis=1)
+    else:
+        keep = (jnp.arange(g.shape[0]) < count)[:, None]  # [n, 1]
+        mean = jnp.sum(jnp.where(keep, g, 0.0), axis=0, keepdims=True) / count
+        dev2 = jnp.where(keep, jnp.square(g - mean), 0.0)
+        h = jnp.mean(dev2, axis=1)
     return {
         "mean": mean[0],
         "m2": jnp.sum(dev2, axis=0),
@@ -136,7 +130,7 @@ def chunk_sizes(num_samples: int, rows: int, dim: int, evaluations: int = 1) -> 
     return [size] * full + ([rem] if rem else [])
 
 
-@partial(jax.jit, static_argnames=("problem", "estimator", "terms", "dim", "chunks"))
+@partial(jax.jit, static_argnames=("problem", "specs", "terms", "dim", "chunks", "shared_rows"))
 def mc_moments(
     key: jax.Array,
     weights: jax.Array,
@@ -145,62 +139,89 @@ def mc_moments(
     values: dict[str, jax.Array],
     *,
     problem: Problem,
-    estimator: str,
+    specs: tuple[str, ...],
     terms: tuple[str, ...],
     dim: int,
     chunks: tuple[int, ...],
-) -> dict:
-    """Per-chunk moments of ``estimator``'s per-sample estimates for every row of a grid.
+    shared_rows: bool = True,
+) -> dict[str, dict]:
+    """Per-chunk moments of each estimator's per-sample estimates for every row of a grid.
 
     Row ``r`` is the cost ``constants[r] + sum_d sum_t weights[r, t] term_t(x_d; ks[r])``
     (``costs.separable_cost``) under ``problem.dist_builder(params)`` with
     ``params = problem.params(values, dim)`` (leaves ``[D]``), the gradient taken with respect
-    to ``params``.
+    to ``params``. All of ``specs`` run in this ONE program (one compile, one dispatch).
+
+    Random numbers: chunk ``c`` has one key, and every estimator is called with it: an
+    estimator is a deterministic function of its key, so estimators that draw the same way
+    (pathwise and score function both draw ``x = mu + sigma * eps``) see the same samples,
+    which XLA draws once. With ``shared_rows`` (the default) every row uses that key too:
+    common random numbers over the grid, the samples drawn once per chunk rather than once
+    per row and chunk. Each point is still an unbiased estimate with the same standard error
+    as from samples of its own; the points (rows, and estimators) are then correlated with
+    each other. ``shared_rows=False`` gives row ``r`` its own keys, split from the chunk's.
 
     Args:
-      key: PRNG key; rows and chunks use independent keys split from it.
+      key: PRNG key; chunks use independent keys split from it, and a ``+optimal``
+        baseline (see the module docstring) keys independent of the estimators'.
       weights: ``[R, len(TERMS)]``; ks, constants: ``[R]``.
       values: the problem's parameter values (``problem.values``' keys), each ``[]``.
       problem: the :class:`problems.Problem` (static).
-      estimator: an ``estimators.registry`` spec (static); see the module docstring.
+      specs: ``estimators.registry`` specs (static); see the module docstring.
       terms: the cost terms with nonzero weights (static).
       dim: ``D`` (static).
       chunks: the chunk sizes, summing to the number of samples (static; see
-        :func:`chunk_sizes`). All chunks but the last have one size, run by ``lax.map``.
+        :func:`chunk_sizes`): all but the last of one size, the last no larger. Every chunk
+        runs the same traced body (``lax.map``): a shorter last one is padded and masked.
+      shared_rows: whether the rows share their samples (static; see above).
 
     Returns:
-      ``{leaf: m}`` for each leaf of ``problem.parameters``, ``m`` the moments of
+      ``{spec: {leaf: m}}`` for each leaf of ``problem.parameters``, ``m`` the moments of
       :func:`_chunk_moments` stacked over chunks: ``mean, m2: [R, C, D]``, ``h1, h2: [R, C]``.
     """
-    size, num_full = chunks[0], sum(c == chunks[0] for c in chunks)
-    num_rows = ks.shape[0]
+    size = chunks[0]
+    if any(c > size or c < 1 for c in chunks[1:]):
+        raise ValueError(f"chunks must be one size and a last one no larger; got {chunks}")
+    masked = chunks[-1] != size
+    num_rows, num_chunks = ks.shape[0], len(chunks)
     params = problem.params(values, dim)
     dist_builder = problem.dist_builder
 
     def cost_of(w: jax.Array, k: jax.Array, a: jax.Array):
         return lambda x: separable_cost(x, w, k, a, terms=terms)
 
-    est, row_baseline = _sampler(estimator)
-    joint = samples_per_estimate(est)
-    # keys[r, c]: row r, chunk c; the baseline gets its own, independent keys.
+    def row_keys(k_: jax.Array) -> jax.Array:  # [C] or [C, R]: one key per chunk (and row)
+        if shared_rows:
+            return jax.random.split(k_, num_chunks)
+        return jax.random.split(k_, (num_chunks, num_rows))
+
+    row_axis = None if shared_rows else 0
     estimator_key, baseline_key = jax.random.split(key)
-    keys = jax.random.split(estimator_key, (num_rows, len(chunks)))
+    keys = row_keys(estimator_key)
+    counts = jnp.asarray(chunks, jnp.int32)
+    samplers = {spec: _sampler(spec) for spec in specs}
     baseline: Any = None
-    if row_baseline:
-        # b* estimated per row from as many samples again, independent of the estimator's.
-        def baselines(row_keys: jax.Array) -> dict:
+    if any(row_baseline for _, row_baseline in samplers.values()):
+        # b* estimated per row from as many samples again, independent of the estimators'
+        # (the full chunk size for every chunk: a few more samples in a padded last one).
+        def baselines(chunk_key: jax.Array) -> dict:
             def one(k_: jax.Array, w: jax.Array, k: jax.Array, a: jax.Array) -> dict:
                 cost = cost_of(w, k, a)
                 return estimators.optimal_baseline(cost, params, dist_builder, k_, num_samples=size)
 
-            return jax.vmap(one)(row_keys, weights, ks, constants)
+            return jax.vmap(one, in_axes=(row_axis, 0, 0, 0))(chunk_key, weights, ks, constants)
 
-        bkeys = jax.random.split(baseline_key, (len(chunks), num_rows))
-        baseline = jax.tree.map(lambda b: jnp.mean(b, axis=0), _map(baselines, bkeys))
+        baseline = jax.tree.map(
+            lambda b: jnp.mean(b, axis=0), _map(baselines, row_keys(baseline_key))
+        )
 
-    def chunk(n: int):
-        def rows(row_keys: jax.Array) -> dict:  # all rows, one chunk of n samples each
-            def one(k_, w, k, a, b) -> dict:
+    def chunk(args: tuple[jax.Array, jax.Array]) -> dict:  # all specs, all rows, one chunk
+        chunk_key, count = args
+        out = {}
+        for spec, (est, row_baseline) in samplers.items():
+            joint = samples_per_estimate(est)
+
+            def one(k_, w, k, a, b, est=est, row_baseline=row_baseline, joint=joint) -> dict:
                 state = b if row_baseline else est.init()
                 cost = cost_of(w, k, a)
                 if joint > 1:  # n independent calls of K samples, each call's mean estimate
@@ -211,26 +232,28 @@ def mc_moments(
                         )
                         return jax.tree.map(lambda x: jnp.mean(x, axis=0), g)
 
-                    jac = jax.vmap(call)(jax.random.split(k_, n))
+                    jac = jax.vmap(call)(jax.random.split(k_, size))
                 else:
-                    jac = est.per_sample(cost, params, dist_builder, k_, num_samples=n, state=state)
-                return {p: _chunk_moments(jac[p]) for p in problem.parameters}
+                    jac = est.per_sample(
+                        cost, params, dist_builder, k_, num_samples=size, state=state
+                    )
+                n = count if masked else None
+                return {p: _chunk_moments(jac[p], n) for p in problem.parameters}
 
-            return jax.vmap(one)(row_keys, weights, ks, constants, baseline)
+            b_axis = None if baseline is None else 0
+            in_axes = (row_axis, 0, 0, 0, b_axis)
+            out[spec] = jax.vmap(one, in_axes=in_axes)(chunk_key, weights, ks, constants, baseline)
+        return out
 
-        return rows
-
-    out = _map(chunk(size), jnp.swapaxes(keys[:, :num_full], 0, 1))  # [C, R, ...]
-    for i, n in enumerate(chunks[num_full:]):
-        extra = chunk(n)(keys[:, num_full + i])
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), out, extra)
+    out = _map(chunk, (keys, counts))  # [C, R, ...]
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # [R, C, ...]
 
 
-def _map(fn, xs: jax.Array):
-    """``jax.lax.map`` over the leading axis; a plain call (no loop to compile) for length 1."""
-    if xs.shape[0] == 1:
-        return jax.tree.map(lambda a: a[None], fn(xs[0]))
+def _map(fn, xs: Any):
+    """``jax.lax.map`` over the leading axis of the pytree ``xs``; a plain call (no loop to
+    compile) for length 1."""
+    if jax.tree.leaves(xs)[0].shape[0] == 1:
+        return jax.tree.map(lambda a: a[None], fn(jax.tree.map(lambda a: a[0], xs)))
     return jax.lax.map(fn, xs)
 
 
