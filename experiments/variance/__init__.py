@@ -488,7 +488,7 @@ def plot(workdir: str | Path) -> list[Path]:
         title = f"$\\partial/\\partial${parameter_labels[param]}"
         if cost is not None:
             title = f"{results['costs'][cost]}, {title}"
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, y=1.0)  # fixed: no per-drawing search for top labels
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes.ravel()[len(panels) :]:
         ax.set_visible(False)
