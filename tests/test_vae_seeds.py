@@ -122,7 +122,7 @@ def test_a_diverged_seed_is_reported_the_others_train_on_and_resume_is_bit_for_b
     _poison_seed_1_in_epoch_2(monkeypatch)
     straight = run_experiment(config, tmp_path / "straight")
 
-    assert straight["diverged"] == [None, 2] and straight["seeds_averaged"] == 1
+    assert straight["diverged_in_epoch"] == [None, 2] and straight["seeds_averaged"] == 1
     seed_7 = json.loads((tmp_path / "straight" / "seed_7" / "results.json").read_text())
     assert straight["test_elbo"] == seed_7["test_elbo"]  # seed 8 never averaged in
     assert np.isnan(straight["test_elbo_se"])  # one seed: no SE across seeds
@@ -152,4 +152,33 @@ def test_a_diverged_seed_is_reported_the_others_train_on_and_resume_is_bit_for_b
     resumed = run_experiment(config, tmp_path / "resumed", resume=True)
     b = _final_entries(tmp_path / "resumed")
     assert entries.keys() == b.keys() and all(np.array_equal(entries[k], b[k]) for k in b)
-    assert resumed["test_elbo"] == straight["test_elbo"] and resumed["diverged"] == [None, 2]
+    assert resumed["test_elbo"] == straight["test_elbo"]
+    assert resumed["diverged_in_epoch"] == [None, 2]
+
+
+@pytest.mark.slow  # two estimators x two seeds and the protocol, about 30 s on 2 cores
+def test_comparison_runs_each_estimators_seeds_in_one_program(tmp_path):
+    """vae_compare with num_seeds = 2: each estimator's seeds in one program, the table the
+    mean ± SE across seeds, and the protocol at the reference's FIRST seed's parameters, its
+    replay (the same 2-seed program) bit for bit equal to the reference run's checkpoint."""
+    config = cfg.load_config("vae_compare_digits")
+    cfg.apply_overrides(
+        config,
+        [
+            *TINY,
+            "num_epochs=2",
+            "num_seeds=2",
+            "estimators=('pathwise', 'score_function')",
+            "grad_var_checkpoint_epochs=(1,)",
+            "grad_var_warmup_steps=2",
+        ],
+    )
+    results = run_experiment(config, tmp_path / "cmp")
+    protocol = results["grad_variance"]
+    assert protocol["replay_matches_reference_run"] is True
+    assert {r["estimator"] for r in protocol["rows"]} == {"pathwise", "score_function"}
+    for run in results["runs"]:
+        assert run["num_seeds"] == 2 and run["seeds_averaged"] == 2
+        assert (tmp_path / "cmp" / run["estimator"] / "seed_1" / "results.json").exists()
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert table.count("(2 of 2 seeds)") == 2 and "standard error across those seeds" in table

@@ -40,6 +40,7 @@ training, at its own parameters (not comparable across estimators). ``--resume``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import math
@@ -56,7 +57,7 @@ import numpy as np
 from .. import vae
 from .._config import config_from_dict, config_to_dict
 from .._workdir import atomic_write_text, read_json, write_json
-from . import checkpoint, plots, train
+from . import checkpoint, plots, seeds, train
 from .train import TrainingDiverged
 
 RESUMABLE = True
@@ -189,18 +190,42 @@ def _setup(config, name: str, data_dim: int, num_batches: int):
 
 
 def _reference_states(config, setup, state, train_x, epochs: list[int]) -> dict[int, Any]:
-    """The reference run's training state at the end of each epoch in ``epochs`` (replayed)."""
-    train_epoch = train.make_train_epoch(setup)
+    """The reference run's training state at the end of each epoch in ``epochs`` (replayed).
+
+    With ``num_seeds > 1`` the reference run trained its seeds as one program, so the replay
+    runs that program and keeps the first seed's (``config.seed``) state: the same state, bit
+    for bit, as the run's (a one-seed program agrees with it only to float32 rounding)."""
+    num_seeds = int(config.get("num_seeds", 1))
+    if num_seeds > 1:
+        ref_cfg = sub_config(config, config.grad_var_reference)
+        _, states = seeds.init_seeds(ref_cfg, train_x.shape[1], setup.num_batches)
+        many = train.make_seeds_epoch(setup)
+        seed_list = seeds.seed_list(ref_cfg)
+
+        def train_epoch(st, x, e):
+            st, losses = many(st, x, jnp.stack([train.epoch_keys(s, e) for s in seed_list]))
+            return st, losses[0]
+
+        state, first = states, lambda st: seeds.unstack(st, 0)
+    else:
+        one = train.make_train_epoch(setup)
+
+        def train_epoch(st, x, e):
+            return one(st, x, train.epoch_keys(config.seed, e))
+
+        def first(st):
+            return st
+
     out = {}
     for e in range(epochs[-1]):
-        state, losses = train_epoch(state, train_x, train.epoch_keys(config.seed, e))
+        state, losses = train_epoch(state, train_x, e)
         if not np.all(np.isfinite(np.asarray(losses))):
             raise TrainingDiverged(
                 f"the reference run ({setup.estimator}) diverged in epoch {e + 1}: the variance "
                 "protocol needs a reference that trains; choose another grad_var_reference"
             )
         if e + 1 in epochs:
-            out[e + 1] = state
+            out[e + 1] = first(state)
     return out
 
 
@@ -209,7 +234,15 @@ def _replay_matches_run(sub: Path, state, last_epoch: int) -> bool | None:
     leaf (``None``: no finished reference run in the workdir to compare with)."""
     if not (sub / "results.json").exists() or not (sub / "checkpoints").exists():
         return None
-    restored = checkpoint.restore(checkpoint.manager(sub), state)
+    num_seeds = int(read_json(sub / "results.json").get("num_seeds", 1))
+    if num_seeds > 1:  # the run's first seed, config.seed
+        restored = seeds.restore(sub, seeds.stack([state] * num_seeds))
+        if restored is not None:
+            restored = dataclasses.replace(
+                restored, state=seeds.unstack(restored.state["seeds"], 0)
+            )
+    else:
+        restored = checkpoint.restore(checkpoint.manager(sub), state)
     if restored is None or restored.epoch != last_epoch - 1 or restored.missing:
         return None
     return all(
@@ -371,7 +404,7 @@ def _table_rows(
             record["epochs_trained"] = r["epochs"]
         else:
             cells += [
-                str(r["epochs"]),
+                _epochs_cell(r),
                 f"{r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f}",
                 f"{r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_se']:.2f}",
             ]
@@ -383,6 +416,14 @@ def _table_rows(
                 test_log_likelihood_se=r["test_log_likelihood_se"],
                 ll_num_samples=r["ll_num_samples"],
             )
+            if r.get("num_seeds", 1) > 1:
+                record.update(
+                    num_seeds=r["num_seeds"],
+                    seeds_averaged=r["seeds_averaged"],
+                    diverged_seeds=[
+                        s for s, d in zip(r["seeds"], r["diverged_in_epoch"], strict=True) if d
+                    ],
+                )
         for e in epochs:
             v = by_key.get((name, e))
             if v is None or not v["finite"]:
@@ -411,9 +452,22 @@ def _table_rows(
     return header, md, flat
 
 
+def _epochs_cell(r: dict[str, Any]) -> str:
+    if r.get("num_seeds", 1) == 1:
+        return str(r["epochs"])
+    return f"{r['epochs']} ({r['seeds_averaged']} of {r['num_seeds']} seeds)"
+
+
 def _note(results, protocol, other: Collection[str]) -> str:
     first = next((r for r in results if not r.get("diverged")), None)
     parts = []
+    multi = next((r for r in results if r.get("num_seeds", 1) > 1), None)
+    if multi is not None:
+        parts.append(
+            f"Runs of several seeds ({multi['num_seeds']} seeds, trained as one program): the "
+            "test ELBO and log p(x) are the mean over the seeds that did not diverge ± the "
+            "standard error across those seeds (the seeds' own figures: <estimator>/seeds.md)."
+        )
     if first is not None:
         parts.append(
             f"{first['dataset']} ({first['binarization']} binarisation), {first['architecture']}; "

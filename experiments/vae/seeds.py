@@ -282,7 +282,8 @@ def _summary(config, seeds, per_seed, diverged, rows, compile_time, stopped) -> 
         "estimator": config.estimator,
         "num_seeds": len(seeds),
         "seeds": seeds,
-        "diverged": [d or None for d in diverged],
+        "diverged": all(diverged),  # as a one-seed comparison row reads it: the run failed
+        "diverged_in_epoch": [d or None for d in diverged],  # per seed (1-based), None: trained
         "seeds_averaged": len(ok),
         "se": "standard error across the seeds that did not diverge: std(ddof=1) / sqrt(n)",
         "num_samples": per_seed[0].get("num_samples"),
