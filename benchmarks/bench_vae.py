@@ -304,7 +304,7 @@ def compare(args) -> None:
         f"batch {args.batch_size}, {args.steps} steps per round, {args.repeats} alternating "
         f"rounds, {threads} threads each; load (1 min) {min(loads):.2f}-{max(loads):.2f}"
     )
-    print(f"  {'':28s} {'examples/s':>11s}  {'ms/step':>7s}  ours static / it (per round)")
+    print(f"  {'':28s} {'examples/s':>11s}  {'ms/step':>7s}  ours static's speed / its (rounds)")
     for name, s in seconds.items():
         ratio = np.asarray(s) / ours
         print(

@@ -9,9 +9,11 @@ Compiles the epoch program of ``experiments.vae.train`` (pathwise, batch 128, th
 under ``jax.profiler.trace`` (the trace, for TensorBoard's profile plugin or Perfetto, under
 ``--trace-dir``), and prints the XLA ops of the step by total time: ms per training step, share
 of the step's op time, what each op is (HLO opcode, shape, and the JAX operation it came from,
-from the compiled HLO's metadata). A ``while`` op's time includes its body's ops, which are
-listed too (5 calls per step: the rolled threefry rounds of the random draws) but not counted
-again in the step's total and shares. ``--flax`` profiles the plain ``nnx.jit``
+from the compiled HLO's metadata), and the shares of the matmuls and of the random draws. A
+``while`` op's time is its own; its body's ops are listed with their calls per step (5: the
+rolled threefry rounds of JAX's CPU lowering, see ``experiments/_threefry_cpu.py``). On 2
+cores the ops of a step partly overlap and the profiler adds its own cost: read shares, not
+absolute times, and time the step with ``bench_vae.py``. ``--flax`` profiles the plain ``nnx.jit``
 step of ``bench_vae.py --compare`` instead (one dispatch per step).
 """
 
@@ -63,12 +65,23 @@ def summarise(trace_dir: Path, steps: int, hlo: str, top: int) -> None:
         if e.get("ph") == "X" and name in index:
             total[name] += e.get("dur", 0)
             count[name] += 1
-    op_time = sum(us for name, us in total.items() if "/while/body/" not in index[name])
+    op_time = sum(total.values())
     print(f"trace: {path}")
     print(
         f"XLA ops: {op_time / steps / 1e3:.3f} ms per step in all ({len(total)} distinct ops; "
-        "times are the ops' own, a loop's include its body)"
+        "their sum: on 2 cores ops may overlap)"
     )
+    groups = {
+        "matmuls (dot, ynn_fusion)": lambda name, what: what.startswith(("dot ", "fusion:__ynn")),
+        # The draws' ops; unrolled, the Bernoulli draw is one fusion with its comparison.
+        "random draws (threefry, uniform, normal, bernoulli)": lambda name, what: (
+            any(w in what for w in ("_uniform", "_normal", "_bernoulli", "threefry"))
+            or name.startswith("compare_convert_fusion")
+        ),
+    }
+    for label, member in groups.items():
+        us = sum(t for name, t in total.items() if member(name, index[name]))
+        print(f"  {label}: {us / steps / 1e3:.3f} ms per step, {us / op_time:.1%}")
     print(f"  {'ms/step':>7s} {'share':>6s} {'calls/step':>10s}  op: what")
     for name, us in total.most_common(top):
         print(
