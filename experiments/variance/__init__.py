@@ -13,8 +13,11 @@ Gaussian) made by several estimators, computed two ways:
   ``estimators.registry`` that supports the problem's distribution: ``config.estimators`` holds
   registry specs (``"score_function+optimal"``, ``"measure_valued"``) or importable paths
   ``"package.module:attribute"`` of a user's own estimator (``monte_carlo``: one jitted
-  computation per estimator over the whole grid), drawn as points with +-2 standard-error bars.
-  Legends use each estimator's ``label``.
+  program for all the estimators over the whole grid, per ``D``), drawn as points with +-2
+  standard-error bars. Legends use each estimator's ``label``. The points share their random
+  numbers (common random numbers over the grid's rows and the estimators: one key per chunk
+  of samples, so estimators that draw alike use the same samples): each point is unbiased
+  with the standard error shown, and the points are correlated with each other.
 
 A multi-sample estimator (``multi_sample``: REINFORCE-LOO, whose rows are not independent) is
 measured over ``num_samples`` independent calls of ``K = min_samples`` samples each, and its
