@@ -33,6 +33,10 @@ class WorkdirError(RuntimeError):
 # Keys that change only what a run shows while it runs, never its results: a finished run or a
 # resumed one is the same run whatever their values.
 DISPLAY_KEYS = ("progress",)
+# Keys added to a runner's config after runs were saved without them, with the value that gives
+# the behaviour those runs had: a saved config lacking one reads as holding that value, so such
+# a run still resumes and still counts as finished (the VAE's num_seeds, issue 14).
+ADDED_KEYS: dict[str, Any] = {"num_seeds": 1}
 
 
 def _umask() -> int:
@@ -132,10 +136,12 @@ _ABSENT = "<absent>"
 def config_differences(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved value, new value)}`` for every dotted key whose value differs.
 
-    A key present on one side only has ``"<absent>"`` on the other; ``DISPLAY_KEYS`` are
+    A key present on one side only has ``"<absent>"`` on the other, except a key of
+    ``ADDED_KEYS`` absent from ``saved``, which reads as its value there; ``DISPLAY_KEYS`` are
     ignored.
     """
     a, b = _flatten(saved), _flatten(config)
+    a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **a}
     return {
         k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
         for k in sorted(a.keys() | b.keys())
