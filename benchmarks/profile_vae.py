@@ -11,7 +11,7 @@ under ``jax.profiler.trace`` (the trace, for TensorBoard's profile plugin or Per
 of the step's op time, what each op is (HLO opcode, shape, and the JAX operation it came from,
 from the compiled HLO's metadata), and the shares of the matmuls and of the random draws. A
 ``while`` op's time is its own; its body's ops are listed with their calls per step (5: the
-rolled threefry rounds of JAX's CPU lowering, see ``experiments/_threefry_cpu.py``). On 2
+rolled threefry rounds of JAX's CPU lowering of every ``jax.random`` draw). On 2
 cores the ops of a step partly overlap and the profiler adds its own cost: read shares, not
 absolute times, and time the step with ``bench_vae.py``. ``--flax`` profiles the plain ``nnx.jit``
 step of ``bench_vae.py --compare`` instead (one dispatch per step).

@@ -38,12 +38,7 @@ from flax import nnx
 import estimators
 import models
 
-from .._threefry_cpu import unroll_threefry_on_cpu
 from .config import RENAMED
-
-# The random draws of every step (dynamic binarisation, the estimators' samples) in one fused
-# kernel on the CPU instead of JAX's rolled loop: the same bits (experiments/_threefry_cpu.py).
-unroll_threefry_on_cpu()
 
 Array = jax.Array
 PyTree = Any
