@@ -60,7 +60,25 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
+# The longest files of the default run (a minute or more each on 2 cores), scheduled first so
+# that parallel workers (a file whole per worker) do not end with one of them running alone.
+LONG_FILES = (
+    "test_conformance.py",
+    "test_vae_train.py",
+    "test_binary_vae.py",
+    "test_optax_compat_mc.py",
+    "test_vae_seeds.py",
+    "test_vae.py",
+    "test_cv_control_variates.py",
+    "test_estimators_statistics.py",
+    "test_cli.py",
+    "test_variance_experiments.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
     if "slow" in (config.getoption("markexpr") or ""):
         return
     skip = pytest.mark.skip(reason="slow statistical sweep; run with -m slow")
