@@ -23,7 +23,6 @@ stays unbiased with its own standard error, and the points are correlated.
 from __future__ import annotations
 
 import functools
-from functools import partial
 from typing import Any
 
 import jax
@@ -130,7 +129,6 @@ def chunk_sizes(num_samples: int, rows: int, dim: int, evaluations: int = 1) -> 
     return [size] * full + ([rem] if rem else [])
 
 
-@partial(jax.jit, static_argnames=("problem", "specs", "terms", "dim", "chunks", "shared_rows"))
 def mc_moments(
     key: jax.Array,
     weights: jax.Array,
@@ -179,6 +177,28 @@ def mc_moments(
       ``{spec: {leaf: m}}`` for each leaf of ``problem.parameters``, ``m`` the moments of
       :func:`_chunk_moments` stacked over chunks: ``mean, m2: [R, C, D]``, ``h1, h2: [R, C]``.
     """
+    jitted = _mc_moments_cpu if jax.default_backend() == "cpu" else _mc_moments_jit
+    return jitted(
+        key, weights, ks, constants, values, problem=problem, specs=specs, terms=terms, dim=dim,
+        chunks=chunks, shared_rows=shared_rows,
+    )  # fmt: skip
+
+
+def _mc_moments(
+    key: jax.Array,
+    weights: jax.Array,
+    ks: jax.Array,
+    constants: jax.Array,
+    values: dict[str, jax.Array],
+    *,
+    problem: Problem,
+    specs: tuple[str, ...],
+    terms: tuple[str, ...],
+    dim: int,
+    chunks: tuple[int, ...],
+    shared_rows: bool = True,
+) -> dict[str, dict]:
+    """:func:`mc_moments` itself (jitted twice below, per backend)."""
     size = chunks[0]
     if any(c > size or c < 1 for c in chunks[1:]):
         raise ValueError(f"chunks must be one size and a last one no larger; got {chunks}")
@@ -247,6 +267,18 @@ def mc_moments(
 
     out = _map(chunk, (keys, counts))  # [C, R, ...]
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # [R, C, ...]
+
+
+_STATIC = ("problem", "specs", "terms", "dim", "chunks", "shared_rows")
+_mc_moments_jit = jax.jit(_mc_moments, static_argnames=_STATIC)
+# On the CPU, LLVM optimisation level 1 instead of XLA's default 2: the runner's programs run
+# once or a few times, and level 1 compiles them faster at the same speed (Figs 2-7 from cold,
+# cache off: 25.6 and 29.5 s against 32.5 and 32.5 s, alternating; Fig 2's grid steady state
+# within noise; `python benchmarks/bench_variance_figures.py`). Level 0 is 20x slower to run.
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+_mc_moments_cpu = jax.jit(
+    _mc_moments, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS
+)
 
 
 def _map(fn, xs: Any):
