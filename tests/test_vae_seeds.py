@@ -5,7 +5,6 @@ while the others train on; resume is bit for bit. Tiny digits sizes, as in test_
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,34 +15,14 @@ from experiments import _config as cfg
 from experiments import run_experiment, vae
 from experiments.vae import seeds as vae_seeds
 from experiments.vae import train as vae_train
-
-TINY = [
-    "train_examples=300",
-    "test_examples=24",
-    "batch_size=50",
-    "hidden=(16,)",
-    "latent_dim=2",
-    "ll_num_samples=20",
-    "ll_chunk_size=10",
-    "grad_var_num_estimates=3",
-    "grad_var_batch_size=16",
-    "grad_var_every_epochs=2",
-    "checkpoint_every_steps=6",
-    "progress=false",
-    "figures=false",
-]
+from tests import test_vae_train as _vae_train_tests
+from tests.test_vae_train import TINY, _final_entries
 
 
 def _config(*extra: str):
-    config = cfg.load_config("vae_digits")
-    cfg.apply_overrides(config, [*TINY, *extra])
-    return config
-
-
-def _final_entries(workdir: Path) -> dict[str, np.ndarray]:
-    manager = vae.checkpoint.manager(workdir)
-    tree = manager.restore(manager.latest_step())
-    return {name: np.asarray(v) for name, v in tree["state"].items()}
+    """The tiny digits config of test_vae_train (every test here sets its epochs if it runs
+    any)."""
+    return _vae_train_tests._config("vae_digits", *extra)
 
 
 def test_seed_s_of_the_program_is_the_one_seed_run_of_s():
