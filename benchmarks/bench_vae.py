@@ -224,7 +224,15 @@ class TorchSteps:
     calling it runs ``steps`` steps there and returns the seconds they took (measured in the
     subprocess, so the pipe is not timed)."""
 
-    def __init__(self, python: str, train: jax.Array, batch_size: int, steps: int, threads: int):
+    def __init__(
+        self,
+        python: str,
+        train: jax.Array,
+        batch_size: int,
+        steps: int,
+        threads: int,
+        device: str = "cpu",
+    ):
         import subprocess
         import tempfile
 
@@ -235,7 +243,7 @@ class TorchSteps:
         np.save(data, np.asarray(train, np.float32))
         script = Path(__file__).resolve().parent / "_torch_vae.py"
         self.proc = subprocess.Popen(
-            [python, str(script), str(data), str(batch_size), str(threads)],
+            [python, str(script), str(data), str(batch_size), str(threads), device],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -282,7 +290,9 @@ def compare(args) -> None:
     torch_steps = None
     python = args.torch_python or DEFAULT_TORCH
     if Path(python).exists():
-        torch_steps = TorchSteps(python, binary, args.batch_size, args.steps, threads)
+        # PyTorch on the device JAX runs on: CUDA when JAX's backend is a GPU.
+        device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+        torch_steps = TorchSteps(python, binary, args.batch_size, args.steps, threads, device)
         print(f"PyTorch eager: {torch_steps.version} ({python})")
     else:
         print(f"PyTorch eager: skipped, no {python} (bash benchmarks/setup_torch.sh)")

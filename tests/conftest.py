@@ -18,6 +18,12 @@ import pytest
 from tests import _mnist
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# The tests compare float32 arithmetic with closed forms and with itself (jit == eager): on a
+# GPU, JAX's default lets float32 matmuls run in TF32 (10-bit mantissa), which moved jit-vs-eager
+# draws by up to 6e-3 relative on an H100. Full float32 there, in this process and in the
+# `python -m experiments` subprocesses the tests start; a no-op on the CPU.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL_PRECISION"])
 
 _COMPILATION_CACHE: Path | None = None
 
