@@ -17,6 +17,8 @@ from typing import Any
 
 import ml_collections
 
+from . import _mesh
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -61,6 +63,7 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     if "runner" not in config:
         raise ConfigError(f"{path}: the config needs a 'runner' field naming its runner module")
+    _mesh.add_defaults(config)
     config.lock()
     return config
 

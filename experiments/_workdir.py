@@ -33,6 +33,10 @@ class WorkdirError(RuntimeError):
 # Keys that change only what a run shows while it runs, never its results: a finished run or a
 # resumed one is the same run whatever their values.
 DISPLAY_KEYS = ("progress",)
+# Keys that say where a run computes, not what: a run resumes and counts as finished whatever
+# they hold, and runs saved before they existed match (the device mesh, issue 15: results do
+# not depend on the number of devices).
+PLACEMENT_PREFIXES = ("mesh.",)
 # Keys added to a runner's config after runs were saved without them, with the value that gives
 # the behaviour those runs had: a saved config lacking one reads as holding that value, so such
 # a run still resumes and still counts as finished (the VAE's num_seeds, issue 14).
@@ -137,15 +141,17 @@ def config_differences(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved value, new value)}`` for every dotted key whose value differs.
 
     A key present on one side only has ``"<absent>"`` on the other, except a key of
-    ``ADDED_KEYS`` absent from ``saved``, which reads as its value there; ``DISPLAY_KEYS`` are
-    ignored.
+    ``ADDED_KEYS`` absent from ``saved``, which reads as its value there; ``DISPLAY_KEYS`` and
+    the ``PLACEMENT_PREFIXES`` keys (the device mesh) are ignored.
     """
     a, b = _flatten(saved), _flatten(config)
     a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **a}
     return {
         k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
         for k in sorted(a.keys() | b.keys())
-        if k not in DISPLAY_KEYS and a.get(k, _ABSENT) != b.get(k, _ABSENT)
+        if k not in DISPLAY_KEYS
+        and not k.startswith(PLACEMENT_PREFIXES)
+        and a.get(k, _ABSENT) != b.get(k, _ABSENT)
     }
 
 

@@ -28,6 +28,7 @@ COMMON_KEYS = {
     "temperature",
     "num_samples",
     "progress",
+    "mesh",
 }
 
 

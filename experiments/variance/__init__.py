@@ -67,6 +67,7 @@ _KEYS = {
     "num_nodes",
     "yscale",
     "progress",
+    "mesh",
 }
 _GRID_KEYS = {"grid", "mc_every"}
 _DIM_KEYS = {"dims"}

@@ -1,0 +1,103 @@
+"""The device mesh every runner places its work on (issue 15).
+
+Every config carries a ``mesh`` block, added by :func:`experiments._config.load_config` when the
+config file has none:
+
+* ``mesh.devices``: how many devices the runner spreads over, ``0`` (the default) for all of them:
+  every device of every process when ``jax.distributed`` joined several processes, else every
+  local device. ``--config.mesh.devices=1`` is the single-device run.
+
+The mesh has one axis, :data:`AXIS`. What a runner lays along it (samples, seeds, the batch) is
+the runner's choice; its results do not depend on the number of devices (bitwise where the
+reduction order allows, else within float32 rounding, and tested), which is why the ``mesh``
+block is left out when a saved run's config is compared with a new one (``_workdir``): a run may
+resume on another number of devices.
+
+Only process 0 writes results, figures and checkpoints (:func:`is_writer`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ml_collections
+
+if TYPE_CHECKING:  # jax is imported where it is used: the config system loads without it
+    from jax.sharding import Mesh, NamedSharding
+
+AXIS = "devices"
+"""The name of the mesh's one axis."""
+
+DEFAULTS: dict[str, Any] = {"devices": 0}
+"""The ``mesh`` block a config gets when its file sets none."""
+
+
+class MeshError(ValueError):
+    """A ``mesh`` setting that the devices present cannot satisfy."""
+
+
+def add_defaults(config: ml_collections.ConfigDict) -> None:
+    """Give ``config`` the ``mesh`` block (:data:`DEFAULTS`) where it has none, in place."""
+    with config.unlocked():
+        if "mesh" not in config:
+            config.mesh = ml_collections.ConfigDict(dict(DEFAULTS))
+        else:
+            for key, value in DEFAULTS.items():
+                if key not in config.mesh:
+                    config.mesh[key] = value
+
+
+def make_mesh(config: ml_collections.ConfigDict | None = None, devices: int | None = None) -> Mesh:
+    """The one-axis mesh of ``config.mesh.devices`` devices (``devices`` overrides it).
+
+    ``0`` or ``None`` means every device (``jax.devices()``: all processes' devices under
+    ``jax.distributed``). Raises :class:`MeshError` naming ``mesh.devices`` when more devices are
+    asked for than exist, or a negative number.
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    if devices is None:
+        devices = int(config.mesh.devices) if config is not None and "mesh" in config else 0
+    available = jax.devices()
+    if devices < 0:
+        raise MeshError(f"mesh.devices must be >= 0 (0: every device), got {devices}")
+    if devices > len(available):
+        raise MeshError(
+            f"mesh.devices={devices} but only {len(available)} device(s) are present "
+            f"({available[0].platform}); set mesh.devices=0 to use every device"
+        )
+    chosen = available if devices == 0 else available[:devices]
+    return Mesh(np.asarray(chosen), (AXIS,))
+
+
+def sharded(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over the mesh's devices, the rest of each array whole."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_divisible(n: int, mesh: Mesh, what: str) -> None:
+    """Raise :class:`MeshError` unless ``n`` (``what``: "the batch size 100") splits evenly."""
+    size = mesh.devices.size
+    if n % size:
+        raise MeshError(
+            f"{what} = {n} does not split over {size} devices; choose a multiple of {size} "
+            "or set mesh.devices to a divisor of it"
+        )
+
+
+def is_writer() -> bool:
+    """Whether this process writes results, figures and checkpoints: process 0 only."""
+    import jax
+
+    return jax.process_index() == 0
