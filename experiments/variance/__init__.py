@@ -40,17 +40,21 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from .. import _mesh
 from .._workdir import atomic_write_text, read_json, save_figure, write_json
 from . import exact as quadrature
 from . import monte_carlo, problems
 from .costs import Rows, active_terms
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 # Axis labels of results written before problems named their parameters (redrawing old runs).
 _GAUSSIAN_LABELS = {"loc": r"$\mu$", "scale": r"$\sigma$"}
@@ -225,10 +229,11 @@ def _mc_tasks(config: ml_collections.ConfigDict) -> list[tuple[int, list[tuple[s
     return [(1, [(c, float(x)) for c in config.costs for x in _axes_values(config, c)[1]])]
 
 
-def _run_mc(config, dim: int, rows: list[tuple[str, float]]) -> dict:
+def _run_mc(config, dim: int, rows: list[tuple[str, float]], mesh: Mesh | None = None) -> dict:
     """Per estimator and parameter, ``(variance, se, gradient, gradient_se)`` ``[R]`` for the
     rows of one call: all of the config's estimators in one program, sharing their samples
-    (``monte_carlo.mc_moments``: common random numbers over rows and estimators)."""
+    (``monte_carlo.mc_statistics``: common random numbers over rows and estimators), the chunks
+    of samples spread over ``mesh``'s devices and streamed in launches (any ``num_samples``)."""
     by_dim = "dims" in config
     problem = _problem(config)
     specs = tuple(config.estimators)
@@ -238,11 +243,17 @@ def _run_mc(config, dim: int, rows: list[tuple[str, float]]) -> dict:
     costs = [problem.costs[c] for c, _ in rows]
     joints = {e: monte_carlo.samples_per_estimate(monte_carlo.estimator(e)) for e in specs}
     evaluations = max(monte_carlo.estimator(e).cost_evaluations(dim) * joints[e] for e in specs)
-    chunks = tuple(monte_carlo.chunk_sizes(config.num_samples, len(rows), dim, evaluations))
+    device = mesh.devices.flat[0] if mesh is not None else None
+    plan = monte_carlo.plan(
+        config.num_samples, len(rows), dim, evaluations, monte_carlo.step_elements(device)
+    )
     dist = problem.dist_builder(problem.params(_values(config, problem), dim))
+    smallest = plan.last if plan.num_chunks > 1 or plan.masked else plan.size
     for e in specs:  # a clear error if an estimator needs more samples than a chunk holds
-        monte_carlo.estimator(e).check(dist, joints[e] if joints[e] > 1 else min(chunks))
-    moments = monte_carlo.mc_moments(
+        monte_carlo.estimator(e).check(
+            dist, joints[e] if joints[e] > 1 else min(smallest, plan.size)
+        )
+    statistics = monte_carlo.mc_statistics(
         key,
         np.array([c.weight_vector() for c in costs], np.float32),
         np.array([0.0 if by_dim else x for _, x in rows], np.float32),
@@ -252,14 +263,15 @@ def _run_mc(config, dim: int, rows: list[tuple[str, float]]) -> dict:
         specs=specs,
         terms=active_terms([c for c, _ in rows]),
         dim=dim,
-        chunks=chunks,
+        plan=plan,
+        mesh=mesh,
     )
     # A multi-sample estimate's variance times its K samples: the variance per sample, what
     # averaging K single-sample estimates would give (monte_carlo.samples_per_estimate).
     return {
         e: {
-            p: tuple(joints[e] * v for v in monte_carlo.combine(moments[e][p], chunks))
-            + monte_carlo.first_coordinate_mean(moments[e][p], chunks)
+            p: tuple(joints[e] * v for v in statistics[e][p].variance())
+            + statistics[e][p].gradient()
             for p in config.parameters
         }
         for e in specs
@@ -275,6 +287,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     validate(config)
     workdir = Path(workdir)
     problem = _problem(config)
+    mesh = _mesh.make_mesh(config)
     by_dim = "dims" in config
     dims = sorted(set(config.dims)) if by_dim else [1]
     exact_curves = []
@@ -307,7 +320,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     for dim, rows in bar:
         if by_dim:
             bar.set_postfix_str(f"D={dim}")
-        mc_all = _run_mc(config, dim, rows)
+        mc_all = _run_mc(config, dim, rows, mesh)
         for est in config.estimators:
             mc = mc_all[est]
             for p in config.parameters:
