@@ -18,6 +18,12 @@ it off, ``MCGRAD_COMPILATION_CACHE=DIR`` moves it (``experiments._compilation_ca
 SIGTERM (what a batch scheduler or ``timeout`` sends) stops a run the way Ctrl-C does: a
 training run saves its checkpoint and the command prints how to resume it; a one-shot run
 removes its staging folder. The exit status is 143 (128 + 15) after SIGTERM, 130 after Ctrl-C.
+
+``run`` and ``reproduce`` join a multi-process JAX job (``jax.distributed``) when one is named:
+``--coordinator-address HOST:PORT --num-processes N --process-id I`` on every process, or a
+cluster JAX detects (SLURM under ``srun``, Open MPI, TPU pods); ``--no-distributed`` keeps a
+run single-process. Process 0 writes the workdir, the others compute with it and write nothing
+there (``experiments._distributed``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from typing import Any
 
 import ml_collections
 
-from . import _compilation_cache, _config, _workdir
+from . import _compilation_cache, _config, _distributed, _workdir
 
 
 class Terminated(KeyboardInterrupt):
@@ -78,6 +84,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
 # Runners that moved, under the name a workdir written before the move has in its config.json.
 MOVED_RUNNERS = {"vae_compare": "vae.compare"}
 
+# The errors process 0's decisions about a workdir raise on every process of a multi-process
+# run (``_distributed.agree``), so that each exits as a single-process run would (status 2).
+AGREED_ERRORS: tuple[type[Exception], ...] = (
+    _workdir.WorkdirError,
+    _config.ConfigError,
+    ValueError,
+)
+
 
 def runner_module(config: ml_collections.ConfigDict) -> ModuleType:
     """The module ``experiments.<config.runner>``, which has ``run(config, workdir)``."""
@@ -104,7 +118,7 @@ def _run_info(wall_time: float) -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),
         "argv": sys.argv,
-    }
+    } | ({"processes": jax.process_count()} if _distributed.is_multiprocess() else {})
 
 
 def run_experiment(
@@ -123,6 +137,10 @@ def run_experiment(
     verifies the inputs (data files, downloads) before anything is written, and a run that
     fails before its first checkpoint leaves ``workdir`` as it found it. ``overwrite`` of such a
     run sets the old one aside and removes it once the new run has succeeded.
+
+    In a multi-process run (``jax.distributed``) every process calls this with the same
+    arguments; process 0 decides about ``workdir`` and writes it, the others run the runner in a
+    private folder (checkpoints shared): ``experiments._distributed``.
     """
     workdir = Path(workdir).resolve()
     runner = runner_module(config)
@@ -130,20 +148,28 @@ def run_experiment(
         runner.validate(config)
     resolved = _config.config_to_dict(config)
     resumable = getattr(runner, "RESUMABLE", False)
-    _workdir.check_workdir(
-        workdir,
-        resolved,
-        overwrite=overwrite,
-        resume=resume,
-        resumable=resumable,
-        may_raise=tuple(getattr(runner, "RESUME_MAY_RAISE", ())),
+    _distributed.agree(  # in a multi-process run, process 0 decides for all
+        lambda: _workdir.check_workdir(
+            workdir,
+            resolved,
+            overwrite=overwrite,
+            resume=resume,
+            resumable=resumable,
+            may_raise=tuple(getattr(runner, "RESUME_MAY_RAISE", ())),
+        ),
+        AGREED_ERRORS,
     )
     if resumable:
         return _run_resumable(runner, config, resolved, workdir, overwrite, resume)
     if resume:
         raise _config.ConfigError(f"runner {config.runner!r} is not resumable; drop --resume")
     start = time.perf_counter()
-    with _workdir.staged(workdir) as stage:
+    staging = (
+        _workdir.staged(workdir)
+        if _distributed.is_writer()
+        else _distributed.private_workdir(workdir)  # another process: computes, writes nothing
+    )
+    with staging as stage:
         _workdir.write_json(stage / "config.json", resolved)
         results = runner.run(config, stage)
         _workdir.write_json(stage / "run_info.json", _run_info(time.perf_counter() - start))
@@ -160,6 +186,15 @@ def _run_resumable(
 ) -> dict[str, Any]:
     if hasattr(runner, "check_inputs"):
         runner.check_inputs(config)  # a corrupt file or failed download stops here
+    if not _distributed.is_writer():
+        # Another process of a multi-process run: the runner reads a private copy of the
+        # workdir (taken before process 0 changes it) and shares its checkpoints.
+        with _distributed.private_workdir(workdir, copy=resume) as private:
+            _distributed.barrier("workdir read")
+            _distributed.barrier("workdir prepared")
+            _workdir.write_json(private / "config.json", resolved)
+            return runner.run(config, private, resume=resume)
+    _distributed.barrier("workdir read")
     start = time.perf_counter()
     existed, was_empty = workdir.exists(), _workdir.is_empty(workdir)
     saved_config = workdir / "config.json"
@@ -172,6 +207,7 @@ def _run_resumable(
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         _workdir.write_json(saved_config, resolved)
+        _distributed.barrier("workdir prepared")
         results = runner.run(config, workdir, resume=resume)
         _workdir.write_json(workdir / "run_info.json", _run_info(time.perf_counter() - start))
     except BaseException:
@@ -233,6 +269,40 @@ def _cache_flags() -> argparse.ArgumentParser:
     return flags
 
 
+def _distributed_flags() -> argparse.ArgumentParser:
+    """The flags of a multi-process run (``jax.distributed``), for ``run`` and ``reproduce``."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group(
+        "multi-process (jax.distributed)",
+        "Give all three on every process, or none: a cluster JAX detects (SLURM under srun, "
+        "Open MPI under mpirun, TPU pods) is joined by itself. Process 0 writes the workdir.",
+    )
+    group.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help=f"process 0's host and a free port on it (default: ${_distributed.COORDINATOR_ENV})",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help=f"how many processes take part (default: ${_distributed.NUM_PROCESSES_ENV})",
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help=f"this process's index, 0 .. N-1 (default: ${_distributed.PROCESS_ID_ENV})",
+    )
+    group.add_argument(
+        "--no-distributed",
+        action="store_true",
+        help="do not join a detected cluster: a single-process run "
+        f"(also ${_distributed.OFF_ENV}=0)",
+    )
+    return flags
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments",
@@ -241,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "run",
-        parents=[_cache_flags()],
+        parents=[_cache_flags(), _distributed_flags()],
         help="run one config into a workdir",
         epilog="Override any config value with --config.<key>=<value>.",
     )
@@ -259,7 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="redraw a run's figures from its saved results")
     pl.add_argument("workdir")
     rep = sub.add_parser(
-        "reproduce", parents=[_cache_flags()], help="run several configs, one workdir each"
+        "reproduce",
+        parents=[_cache_flags(), _distributed_flags()],
+        help="run several configs, one workdir each",
     )
     rep.add_argument("configs", nargs="*", help="config names (default: fig2 ... fig7)")
     rep.add_argument(
@@ -332,8 +404,29 @@ def _interrupted(argv: list[str], args: argparse.Namespace, error: KeyboardInter
 
 def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
     names = args.configs or [f"fig{i}" for i in range(2, 8)]
+    # Load and check them all first: bad input fails before any run. In a multi-process run
+    # process 0 decides which to run, for all.
+    chosen = _distributed.agree(lambda: _reproduce_which(args, overrides, names), AGREED_ERRORS)
     configs = []
-    for name in names:  # Load and check them all first: bad input fails before any run.
+    for name in chosen:
+        config = _config.load_config(name)
+        _config.apply_overrides(config, overrides)
+        configs.append((name, config))
+    start = time.perf_counter()
+    for name, config in configs:
+        workdir = Path(args.outdir) / name
+        run_experiment(config, workdir, overwrite=args.overwrite)
+        if _distributed.is_writer():
+            print(f"{name}: results in {workdir.resolve()}")
+    if _distributed.is_writer():
+        print(f"reproduced {len(configs)} configs in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _reproduce_which(args: argparse.Namespace, overrides: list[str], names: list[str]) -> list[str]:
+    """The configs of ``names`` that ``reproduce`` runs (checked; finished ones skipped)."""
+    chosen = []
+    for name in names:
         config = _config.load_config(name)
         _config.apply_overrides(config, overrides)
         runner = runner_module(config)
@@ -351,21 +444,18 @@ def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
             resume=False,
             resumable=getattr(runner, "RESUMABLE", False),
         )
-        configs.append((name, config))
-    start = time.perf_counter()
-    for name, config in configs:
-        workdir = Path(args.outdir) / name
-        run_experiment(config, workdir, overwrite=args.overwrite)
-        print(f"{name}: results in {workdir.resolve()}")
-    print(f"reproduced {len(configs)} configs in {time.perf_counter() - start:.1f} s")
-    return 0
+        chosen.append(name)
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m experiments`` and the ``mcgrad`` console script."""
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = split_argv(argv)
+    joined = False
     try:
+        if args.command in ("run", "reproduce"):
+            joined = _join_cluster(args)  # before anything starts JAX's backend
         with sigterm_as_interrupt():
             if args.command == "list":
                 for name, path in _config.available_configs().items():
@@ -388,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_experiment(
                         config, args.workdir, overwrite=args.overwrite, resume=args.resume
                     )
-                print(f"results in {Path(args.workdir).resolve()}")
+                if _distributed.is_writer():
+                    print(f"results in {Path(args.workdir).resolve()}")
                 return 0
             if args.command == "reproduce":
                 with _compilation_cache.compilation_cache(args.compilation_cache):
@@ -403,4 +494,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         return _interrupted(argv, args, e)
+    finally:
+        if joined:
+            _distributed.shutdown()
     return 1
+
+
+def _join_cluster(args: argparse.Namespace) -> bool:
+    """Join the multi-process job the flags or the environment name; whether there was one."""
+    cluster = _distributed.detect(
+        args.coordinator_address,
+        args.num_processes,
+        args.process_id,
+        enabled=not args.no_distributed,
+    )
+    if cluster is None:
+        return False
+    _distributed.initialize(cluster)
+    print(
+        f"process {cluster.process_id} of {cluster.num_processes} ({cluster.source}, "
+        f"coordinator {cluster.coordinator_address})",
+        file=sys.stderr,
+    )
+    return True

@@ -15,6 +15,15 @@ resumes), so the state may grow:
   entry whose shape or dtype differs, raises :class:`CheckpointMismatch` naming it: the state
   it held would be dropped or misread.
 
+In a multi-process run (``jax.distributed``, :mod:`experiments._distributed`) every process
+calls :func:`manager`, :func:`save` and :func:`restore` alike, on the same folder: the real
+workdir's ``checkpoints/`` (a process that does not write the workdir runs in a private copy of
+it, and :func:`manager` maps its ``checkpoints/`` back to the shared one). Orbax's multi-process
+protocol does the rest (``MultiprocessingOptions(primary_host=0)``, its default): process 0
+creates the folders and writes the arrays (host copies of the state, which every process holds
+whole) and the metadata, the others wait at its barriers; every process reads the restored
+arrays. The workdir must lie on a file system every host sees under the same path.
+
 Checkpoints written before this module (``{"leaves": {"0000": ...}, "epoch"}``, the state's
 leaves by position) are still read when the template has as many leaves with the same shapes
 and dtypes, in order (the state they were written from); otherwise :class:`CheckpointMismatch`.
@@ -81,14 +90,23 @@ def flatten(state: PyTree) -> dict[str, Any]:
 
 
 def manager(workdir: Path):
-    """The orbax ``CheckpointManager`` of ``<workdir>/checkpoints`` (synchronous, keeps 2)."""
+    """The orbax ``CheckpointManager`` of ``<workdir>/checkpoints`` (synchronous, keeps 2).
+
+    In a multi-process run every process calls it (orbax synchronises them); a private
+    workdir's ``checkpoints/`` is the real workdir's (:func:`experiments._distributed.shared_dir`).
+    """
     import orbax.checkpoint as ocp
 
+    from .. import _distributed
+
     return ocp.CheckpointManager(
-        (Path(workdir) / DIRECTORY).resolve(),
+        _distributed.shared_dir(Path(workdir) / DIRECTORY).resolve(),
         item_handlers=ocp.StandardCheckpointHandler(),  # so a new process reads the metadata
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=MAX_TO_KEEP, create=True, enable_async_checkpointing=False
+            max_to_keep=MAX_TO_KEEP,
+            create=True,
+            enable_async_checkpointing=False,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0),
         ),
     )
 
@@ -109,11 +127,28 @@ def save(mgr, state: PyTree, epoch: int) -> None:
     if mgr.latest_step() == step:
         return
     tree = {
-        "state": {k: np.asarray(v) for k, v in flatten(state).items()},
+        "state": {k: _host(v) for k, v in flatten(state).items()},
         "epoch": np.asarray(epoch, np.int64),
     }
     mgr.save(step, args=ocp.args.StandardSave(tree))
     mgr.wait_until_finished()
+
+
+def _host(leaf: Any) -> np.ndarray:
+    """``leaf``'s whole value as a NumPy array, on every process.
+
+    An array spread over several processes' devices and not replicated on each (a sharded
+    state) is gathered first; a replicated one (the data-parallel VAE's parameters) is read
+    from this process's copy."""
+    if (
+        isinstance(leaf, jax.Array)
+        and not leaf.is_fully_addressable
+        and not leaf.is_fully_replicated
+    ):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
 
 
 def _spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
