@@ -25,6 +25,11 @@ cost_evaluations``), so estimators are compared at equal cost. A seed whose loss
 or inf is reported as diverged from that epoch on, never averaged into anything; VIMCO (and any
 estimator of objective ``"log_mean_exp"``) trains the K-sample bound, a different objective,
 and is marked so, as are the biased relaxations.
+
+Devices (issue 15): each pair's seeds are spread over the run's mesh (``mesh.devices``, default
+every device) when ``num_seeds`` is a multiple of the device count, else every device trains
+every seed (replicated; the run says so); see :mod:`.train`. The shared-parameter protocol
+measures one parameter set per estimator and runs on one device.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import numpy as np
 import estimators
 from models import binary_vae
 
+from .. import _mesh
 from .._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
 from ..vae import _write_metrics, checkpoint, read_metrics
 from ..vae import data as vae_data
@@ -178,7 +184,9 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
 # One (model, estimator) pair: S seeds in one program
 
 
-def _setup(config, entry: str, model: str, data: dict[str, np.ndarray]) -> tuple[train.Setup, Any]:
+def _setup(
+    config, entry: str, model: str, data: dict[str, np.ndarray], seeds: Any = None
+) -> tuple[train.Setup, Any]:
     est, k = _estimator(entry, config.latent_dim)
     mean = jnp.asarray(data["train"].mean(axis=0))
     hidden = binary_vae.ARCHITECTURES[model]
@@ -195,16 +203,30 @@ def _setup(config, entry: str, model: str, data: dict[str, np.ndarray]) -> tuple
         optimizer=optimizer,
         latent_dim=config.latent_dim,
     )
-    seeds = _seed_keys(config)
-    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, train.TAG_INIT))(seeds)
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, train.TAG_INIT))(_seed_keys(config))
     states = train.init_states(
-        {"optimizer": optimizer, "est": est}, mean, config.latent_dim, hidden, init_keys
+        {"optimizer": optimizer, "est": est}, mean, config.latent_dim, hidden, init_keys, seeds
     )
     return setup, states
 
 
-def _seed_keys(config) -> jax.Array:
-    return jnp.stack([jax.random.key(config.seed + s) for s in range(config.num_seeds)])
+def _seed_keys(config, seeds: Any = None) -> jax.Array:
+    """The seeds' keys ``[S]`` (laid out as ``seeds``, :func:`.train.seed_sharding`, if given)."""
+
+    def keys() -> jax.Array:
+        return jnp.stack([jax.random.key(config.seed + s) for s in range(config.num_seeds)])
+
+    return keys() if seeds is None else jax.jit(keys, out_shardings=seeds)()
+
+
+def _host(array: jax.Array) -> np.ndarray:
+    """The whole of a (possibly sharded) array as numpy: gathered from every process when this
+    process does not hold all of it (``jax.distributed``)."""
+    if array.is_fully_addressable or array.is_fully_replicated:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def num_epochs(config, steps_per_epoch: int) -> int:
@@ -224,20 +246,26 @@ def _var_batch(config, data) -> jax.Array:
 class _Programs:
     """The compiled programs of one pair (built once; the partial last epoch compiles its own)."""
 
-    def __init__(self, config, setup: train.Setup, shared: dict[str, Any]):
+    def __init__(self, config, setup: train.Setup, shared: dict[str, Any], seeds: Any = None):
         self.setup = setup
+        self.seeds = seeds  # the seed axis's layout (train.seed_sharding), or None
         self.epochs: dict[int, Any] = {}
         # The evaluation programs depend on the model only: one compilation per model.
         if not shared:
-            shared["elbo"] = train.make_bound(setup, 1)
-            shared["bound"] = train.make_bound(setup, config.eval_num_samples)
+            shared["elbo"] = train.make_bound(setup, 1, seeds=seeds)
+            shared["bound"] = train.make_bound(setup, config.eval_num_samples, seeds=seeds)
         self.elbo, self.bound = shared["elbo"], shared["bound"]
-        self.run_variance = jax.jit(
-            jax.vmap(
-                train.make_grad_estimates(setup, config.grad_var_run_estimates),
-                in_axes=(0, 0, None, None),
-            )
+        variance = jax.vmap(
+            train.make_grad_estimates(setup, config.grad_var_run_estimates),
+            in_axes=(0, 0, None, None),
         )
+        if seeds is None:
+            self.run_variance = jax.jit(variance)
+        else:
+            other = _mesh.replicated(seeds.mesh)
+            self.run_variance = jax.jit(
+                variance, in_shardings=(seeds, seeds, other, other), out_shardings=seeds
+            )
 
     def epoch(self, num_steps: int, *args: Any) -> tuple[Any, float]:
         """The compiled epoch of ``num_steps`` steps for ``args``, and the seconds its
@@ -245,7 +273,8 @@ class _Programs:
         if num_steps in self.epochs:
             return self.epochs[num_steps], 0.0
         t0 = time.perf_counter()
-        compiled = train.make_train_epoch(self.setup, num_steps).lower(*args).compile()
+        program = train.make_train_epoch(self.setup, num_steps, self.seeds)
+        compiled = program.lower(*args).compile()
         self.epochs[num_steps] = compiled
         return compiled, time.perf_counter() - t0
 
@@ -263,22 +292,21 @@ def _epoch_row(
     config, programs: _Programs, states, data, var_batch, seeds, epoch: int, diverged: list
 ) -> dict[str, Any]:
     setup = programs.setup
-    elbo = np.asarray(
+    elbo = _host(
         programs.elbo(
             states["params"], jnp.asarray(data["train_elbo"]), seeds, jnp.asarray(10_000 + epoch)
         )
     )
     key = jax.random.fold_in(jax.random.key(_EVAL_BINARIZATION_SEED), train.TAG_VAR)
-    sq = np.asarray(
+    sq = _host(
         programs.run_variance(
             states["params"], states["estimator"], var_batch, jax.random.fold_in(key, epoch)
-        ),
-        np.float64,
-    )
+        )
+    ).astype(np.float64)
     variances = [_per_evaluation(setup, sq[s]) for s in range(config.num_seeds)]
     return {
         "epoch": epoch,
-        "step": int(states["step"][0]),
+        "step": int(_host(states["step"])[0]),
         "train_elbo": [float(v) for v in elbo.mean(axis=1)],
         "per_eval_variance": [v["per_sample_variance"] for v in variances],
         "per_eval_variance_se": [v["per_sample_variance_se"] for v in variances],
@@ -291,7 +319,7 @@ def _shared_epochs(config, total: int) -> list[int]:
 
 
 def _save_shared(path: Path, params: PyTree) -> None:
-    flat = checkpoint.flatten(jax.tree.map(lambda a: np.asarray(a[0]), params))
+    flat = checkpoint.flatten(jax.tree.map(lambda a: _host(a)[0], params))
     buf = io.BytesIO()
     np.savez(buf, **flat)
     atomic_write_bytes(path, buf.getvalue())
@@ -310,9 +338,18 @@ def _load_shared(path: Path, template: PyTree) -> PyTree:
 
 
 def _train_pair(
-    config, model: str, entry: str, data, workdir: Path, resume: bool, shared: dict[str, Any]
+    config,
+    model: str,
+    entry: str,
+    data,
+    workdir: Path,
+    resume: bool,
+    shared: dict[str, Any],
+    seeds: Any = None,
 ) -> dict:
-    """Train one pair's seeds (resuming from its checkpoint), evaluate, write its results."""
+    """Train one pair's seeds (resuming from its checkpoint), evaluate, write its results.
+
+    ``seeds``: the layout of the seed axis on the run's mesh (:func:`.train.seed_sharding`)."""
     run_dir = workdir / model / entry_dir(entry)
     if (run_dir / "results.json").exists():
         if not resume:
@@ -322,8 +359,9 @@ def _train_pair(
             return done
         # --resume with a larger num_steps: train on from the last checkpoint.
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup, states = _setup(config, entry, model, data)
-    seeds = _seed_keys(config)
+    layout = seeds
+    setup, states = _setup(config, entry, model, data, layout)
+    seeds = _seed_keys(config, layout)
     total = num_epochs(config, setup.steps_per_epoch)
     manager = checkpoint.manager(run_dir)
     start, rows = 0, []
@@ -332,10 +370,12 @@ def _train_pair(
         raise WorkdirError(f"{run_dir / 'checkpoints'} holds another run; pass --resume")
     if restored is not None:
         states = restored.state["seeds"]
+        if layout is not None:  # onto the mesh, as the initial state lies
+            states = jax.jit(lambda s: s, out_shardings=layout)(jax.tree.map(np.asarray, states))
         start = restored.epoch + 1
         rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start]
         print(f"{model}/{entry}: resuming after epoch {start}", file=sys.stderr)
-    programs = _Programs(config, setup, shared)
+    programs = _Programs(config, setup, shared, layout)
     train_x = jnp.asarray(data["train"])
     var_batch = _var_batch(config, data)
     shared = workdir / model / "shared"
@@ -356,7 +396,7 @@ def _train_pair(
         compile_time += seconds
         t0 = time.perf_counter()
         states, losses = fn(states, train_x, seeds, epoch)
-        losses = np.asarray(losses)
+        losses = _host(losses)
         seconds = time.perf_counter() - t0
         train_time += seconds
         for s in range(config.num_seeds):
@@ -383,13 +423,9 @@ def _train_pair(
     bounds = {}
     for name, tag in (("validation", 1), ("test", 2)):
         xs = jnp.asarray(data[name])
-        bounds[name] = [
-            float(v)
-            for v in np.asarray(programs.bound(states["params"], xs, seeds, jnp.asarray(tag))).mean(
-                1
-            )
-        ]
-    steps_done = int(states["step"][0])
+        bound = _host(programs.bound(states["params"], xs, seeds, jnp.asarray(tag)))
+        bounds[name] = [float(v) for v in bound.mean(1)]
+    steps_done = int(_host(states["step"])[0])
     results = {
         "model": model,
         "estimator": entry,
@@ -489,11 +525,20 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     ordered = [config.grad_var_reference] + [
         e for e in config.estimators if e != config.grad_var_reference
     ]
+    mesh = _mesh.make_mesh(config)
+    seeds = train.seed_sharding(mesh, config.num_seeds)
+    if mesh.devices.size > 1 and seeds.is_fully_replicated:
+        print(
+            f"note: {config.num_seeds} seeds do not split over {mesh.devices.size} devices: "
+            "every device trains every seed (choose num_seeds a multiple of the device count, "
+            "or mesh.devices a divisor of num_seeds, to spread them)",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     for model in config.models:
         shared: dict[str, Any] = {}  # the model's evaluation programs
         for entry in ordered:
-            _train_pair(config, model, entry, data, workdir, resume, shared)
+            _train_pair(config, model, entry, data, workdir, resume, shared, seeds)
         _protocol(config, model, data, workdir, resume)
     rows = table_rows(workdir, config)
     write_table(workdir, rows, config)

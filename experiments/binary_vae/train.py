@@ -10,6 +10,16 @@ coefficients; ``()`` for most). Every leaf of the S-seed state has a leading axi
 Every random draw is a function of ``(seed, tag, epoch)`` (:func:`epoch_key`), so a resumed
 run ends with the same parameters, bit for bit, as an uninterrupted one, and every estimator
 of a comparison sees the same data order and binarisation for the same seed.
+
+Devices (issue 15): the seeds are the axis laid along the run's mesh (``experiments._mesh``,
+``mesh.devices``; :func:`seed_sharding`). When ``num_seeds`` is a multiple of the mesh's size
+each device trains ``num_seeds / size`` seeds, the data replicated, and nothing is communicated
+until the losses, bounds and variances are gathered at the end of an epoch; otherwise every
+device trains every seed (replicated). Each seed's draws come from its own key, so they do not
+depend on the number of devices (the threefry bits are a function of the key and the shape:
+``jax_threefry_partitionable``, on by default, only decides how a sharded draw is computed);
+the results then differ from a one-device run by float32 rounding alone (XLA associates the
+sums of a program vmapped over ``S / size`` seeds otherwise than over ``S``).
 """
 
 from __future__ import annotations
@@ -22,15 +32,35 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 import estimators
 from models import binary_vae
+
+from .. import _mesh
 
 Array = jax.Array
 PyTree = Any
 
 # fold_in tags of a seed's key.
 TAG_INIT, TAG_EPOCH, TAG_TRAIN_ELBO, TAG_EVAL, TAG_VAR_BATCH, TAG_VAR, TAG_WARM = range(7)
+
+
+def seed_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
+    """How the arrays with a leading seed axis ``[S, ...]`` lie on ``mesh``: split over its
+    devices when ``num_seeds`` is a multiple of the mesh's size, else replicated."""
+    if num_seeds % mesh.devices.size:
+        return _mesh.replicated(mesh)
+    return _mesh.sharded(mesh)
+
+
+def _jit(fn: Callable[..., Any], seeds: NamedSharding | None, axes: tuple[bool, ...]) -> Any:
+    """``jax.jit(fn)``; with ``seeds``, the arguments flagged in ``axes`` (and every output)
+    laid out as the seed axis, the others replicated on its mesh."""
+    if seeds is None:
+        return jax.jit(fn)
+    other = _mesh.replicated(seeds.mesh)
+    return jax.jit(fn, in_shardings=tuple(seeds if a else other for a in axes), out_shardings=seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +143,10 @@ def init_states(
     latent_dim: int,
     hidden: tuple[int, ...],
     keys: Array,
+    seeds: NamedSharding | None = None,
 ) -> PyTree:
-    """The S-seed initial state from the seeds' init keys ``[S]`` (leaves ``[S, ...]``)."""
+    """The S-seed initial state from the seeds' init keys ``[S]`` (leaves ``[S, ...]``, laid
+    out as ``seeds`` when given: :func:`seed_sharding`)."""
     optimizer, est = setup_pieces["optimizer"], setup_pieces["est"]
 
     def one(key: Array) -> PyTree:
@@ -127,7 +159,7 @@ def init_states(
             "step": jnp.zeros((), jnp.int32),
         }
 
-    return jax.jit(jax.vmap(one))(keys)
+    return _jit(jax.vmap(one), seeds, (True,))(keys)
 
 
 def graph_pieces(data_mean: Array, latent_dim: int, hidden: tuple[int, ...]) -> tuple[Any, Any]:
@@ -215,8 +247,13 @@ def epoch_key(seed_key: Array, tag: int, epoch: int | Array) -> Array:
     return jax.random.fold_in(jax.random.fold_in(seed_key, tag), epoch)
 
 
-def make_train_epoch(setup: Setup, num_steps: int) -> Callable[..., tuple[PyTree, Array]]:
+def make_train_epoch(
+    setup: Setup, num_steps: int, seeds: NamedSharding | None = None
+) -> Callable[..., tuple[PyTree, Array]]:
     """Jitted ``(states, train [N, D], seed_keys [S], epoch) -> (states, losses [S, steps])``.
+
+    ``seeds``: the layout of the seed axis (:func:`seed_sharding`) of the states, the keys and
+    the outputs; the data and the epoch replicated on its mesh. ``None``: where the inputs are.
 
     Each seed shuffles the grey-level training images with its epoch key, takes ``num_steps``
     batches of the permutation (``num_steps <= steps_per_epoch``), binarises each batch afresh
@@ -236,13 +273,16 @@ def make_train_epoch(setup: Setup, num_steps: int) -> Callable[..., tuple[PyTree
 
         return jax.lax.scan(body, state, (idx, jax.random.split(k_steps, num_steps)))
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, None, 0, None)))
+    return _jit(jax.vmap(one_seed, in_axes=(0, None, 0, None)), seeds, (True, False, True, False))
 
 
-def make_bound(setup: Setup, num_samples: int, chunk: int = 500) -> Callable[..., Array]:
+def make_bound(
+    setup: Setup, num_samples: int, chunk: int = 500, seeds: NamedSharding | None = None
+) -> Callable[..., Array]:
     """Jitted ``(params, xs [M, D], seed_keys [S], tag) -> [S, M]`` (``params``: the S
-    seeds' model parameters, leaves ``[S, ...]``; the program depends only on the model, so
-    every estimator of a model shares it): one draw of the
+    seeds' model parameters, leaves ``[S, ...]``, laid out as ``seeds`` with the keys and the
+    output when given; the program depends only on the model, so every estimator of a model
+    shares it): one draw of the
     ``num_samples``-sample bound (:func:`models.binary_vae.iwae_bound`) of every example for
     every seed (``num_samples = 1``: the single-sample ELBO), in chunks of ``chunk`` examples
     (``lax.map``) so memory stays ``O(chunk * num_samples * D)``."""
@@ -268,7 +308,7 @@ def make_bound(setup: Setup, num_samples: int, chunk: int = 500) -> Callable[...
         keys = jax.vmap(lambda k: epoch_key(k, TAG_EVAL, tag))(seed_keys)
         return jax.vmap(one_seed, in_axes=(0, None, 0))(params, xs, keys)
 
-    return jax.jit(bound)
+    return _jit(bound, seeds, (True, False, True, False))
 
 
 def make_grad_estimates(setup: Setup, num_estimates: int) -> Callable[..., Array]:

@@ -9,12 +9,15 @@ named by an importable path ``"pkg.mod:attr"`` that supports the Gaussian poster
 estimator are measured on the full data set.
 
 One jitted program per variant (and sweep value) trains all seeds at once (``vmap``) with the
-steps as a ``lax.scan``. Results: ``results.npz`` (every curve per seed, NaN for a diverged
-seed, ``<variant>/diverged`` ``[S]`` flags, and ``labels``, each variant's legend label),
-``finals.csv`` (each seed's final ELBO and
-accuracy, and whether it diverged), ``summary.json`` (final values over the seeds that did not
-diverge, the diverged seeds, timings), figures ``fig8``/``fig9``/``fig11``/``fig12`` (PNG and
-PDF), which ``plot(workdir)`` redraws from the saved files alone.
+steps as a ``lax.scan``. The seeds are spread over the devices of the run's mesh
+(``mesh.devices``, default every device) when their number is a multiple of the device count,
+else every device runs every seed (replicated; the run says so): see :mod:`.train`.
+
+Results: ``results.npz`` (every curve per seed, NaN for a diverged seed, ``<variant>/diverged``
+``[S]`` flags, and ``labels``, each variant's legend label), ``finals.csv`` (each seed's final
+ELBO and accuracy, and whether it diverged), ``summary.json`` (final values over the seeds that
+did not diverge, the diverged seeds, timings), figures ``fig8``/``fig9``/``fig11``/``fig12`` (PNG
+and PDF), which ``plot(workdir)`` redraws from the saved files alone.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from estimators import GradientEstimator
 from models import logistic_regression as lr
 
+from .. import _mesh
 from .._diagnostics import NAN_CAUSES
 from .._workdir import atomic_write_bytes, read_json, write_json
 from . import plots, train
@@ -201,8 +205,10 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
     return settings._replace(variance_samples=variance)
 
 
-def _compile(settings: Settings, features, labels, keys, desc: str, progress: bool):
+def _compile(settings: Settings, features, labels, keys, desc: str, progress: bool, seeds=None):
     """Trace and compile one program; returns ``(compiled, progress holder, seconds)``.
+
+    ``seeds``: the sharding of the seed axis (:func:`.train.seed_sharding`).
 
     With ``progress`` the program calls back after every block to update ``holder["bar"]``, a
     tqdm bar made when the program runs; without, the program has no callback.
@@ -210,7 +216,7 @@ def _compile(settings: Settings, features, labels, keys, desc: str, progress: bo
     holder: dict[str, Any] = {}
     # The callback runs once per block for all seeds together (it does not depend on the seed).
     callback = (lambda _: holder["bar"].update(1)) if progress else None
-    program = make_program(settings, progress=callback)
+    program = make_program(settings, progress=callback, seeds=seeds)
     start = time.perf_counter()
     compiled = program.lower(features, labels, keys).compile()
     return compiled, holder, time.perf_counter() - start
@@ -237,8 +243,8 @@ def _train(
     params, metrics = jax.block_until_ready(compiled(features, labels, keys))
     seconds = time.perf_counter() - start
     holder["bar"].close()
-    metrics = {k: np.asarray(v) for k, v in metrics.items()}
-    params = {k: np.asarray(v) for k, v in params.items()}
+    metrics = {k: _to_host(v) for k, v in metrics.items()}
+    params = {k: _to_host(v) for k, v in params.items()}
     bad = [
         s
         for s in range(keys.shape[0])
@@ -253,6 +259,16 @@ def _train(
     if bad:
         print(f"warning: {desc}: seed(s) {bad} diverged (NaN/inf); kept as NaN", file=sys.stderr)
     return metrics, seconds, bad
+
+
+def _to_host(array: jax.Array) -> np.ndarray:
+    """The whole of a (possibly sharded) array as numpy: gathered from every process when this
+    process does not hold all of it (``jax.distributed``)."""
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def _final(metrics: dict, diverged: list[int], value: int | None, num_seeds: int) -> dict:
@@ -292,7 +308,19 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Train every variant (and sweep value) for all seeds; save results and figures."""
     validate(config)
     features, labels = breast_cancer()
-    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    mesh = _mesh.make_mesh(config)
+    seeds = train.seed_sharding(mesh, config.num_seeds)
+    if mesh.devices.size > 1 and seeds.is_fully_replicated:
+        print(
+            f"note: {config.num_seeds} seeds do not split over {mesh.devices.size} devices: "
+            "every device trains every seed (choose num_seeds a multiple of the device count, "
+            "or mesh.devices a divisor of num_seeds, to spread them)",
+            file=sys.stderr,
+        )
+    # The seeds' keys, made on the mesh (laid out as the seed axis; the same on every process).
+    keys = jax.jit(lambda key: jax.random.split(key, config.num_seeds), out_shardings=seeds)(
+        jax.random.key(config.seed)
+    )
     values = tuple(config.sweep_values) if config.sweep else (None,)
     arrays: dict[str, np.ndarray] = {
         "steps": np.arange(1, config.steps // config.eval_every + 1) * config.eval_every
@@ -318,7 +346,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     # already compiled: on a 2-core CPU, compiling overlaps with training.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         futures = [
-            pool.submit(_compile, settings, features, labels, keys, tag, config.progress)
+            pool.submit(_compile, settings, features, labels, keys, tag, config.progress, seeds)
             for _, _, tag, settings in jobs
         ]
         try:

@@ -8,6 +8,18 @@ variance reported in the figures. The KL term's gradient is added exactly. An es
 state (a moving-average baseline) gets it through its ``init``/``update``. One program per
 estimator: ``vmap`` over seeds of a ``lax.scan`` over blocks of ``eval_every`` steps (an inner
 ``lax.scan``), each block ending with an evaluation on the full data; it is jitted once.
+
+Devices (issue 15): the program runs on the run's mesh (``experiments._mesh``, ``mesh.devices``).
+The seeds are the axis laid along it (:func:`seed_sharding`): when the number of seeds is a
+multiple of the mesh's size, each device trains ``num_seeds / size`` of them and nothing is
+communicated until the results are gathered at the end; otherwise every device holds every
+seed (replicated: the same work on each device, so the results are still those of one device).
+The data are replicated. The estimators are not spread over the devices: each has its own
+program (its state, and a swept ``num_samples`` or ``batch_size``, change the shapes), run one
+after the other. Every random draw is a function of the seed's key alone, so the results do not
+depend on the number of devices except through float32 rounding: XLA evaluates a program
+vmapped over ``S / size`` seeds with another association of its sums than one over ``S``
+(``tests/test_sharding_blr_binary_vae.py`` states the tolerance).
 """
 
 from __future__ import annotations
@@ -19,10 +31,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding
 
 import estimators
 from estimators import registry
 from models import logistic_regression as lr
+
+from .. import _mesh
 
 Array = jax.Array
 
@@ -206,13 +221,30 @@ def train_one_seed(
     return carry.params, metrics
 
 
+def seed_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
+    """How the arrays with a leading seed axis ``[S, ...]`` lie on ``mesh``: split over its
+    devices when ``num_seeds`` is a multiple of the mesh's size, else replicated."""
+    if num_seeds % mesh.devices.size:
+        return _mesh.replicated(mesh)
+    return _mesh.sharded(mesh)
+
+
 def make_program(
-    settings: Settings, progress: Callable[[Array], None] | None = None
+    settings: Settings,
+    progress: Callable[[Array], None] | None = None,
+    seeds: NamedSharding | None = None,
 ) -> Callable[[Array, Array, Array], tuple[dict[str, Array], dict[str, Array]]]:
-    """Jitted ``program(features, labels, keys [S]) -> (params [S, D], metrics [S, E, ...])``."""
+    """Jitted ``program(features, labels, keys [S]) -> (params [S, D], metrics [S, E, ...])``.
+
+    ``seeds``: the sharding of the seed axis (:func:`seed_sharding`) of ``keys`` and of every
+    output; the data are replicated on its mesh. ``None``: wherever the inputs are.
+    """
 
     def program(features: Array, labels: Array, keys: Array):
         one = functools.partial(train_one_seed, settings, features, labels, progress=progress)
         return jax.vmap(one)(keys)
 
-    return jax.jit(program)
+    if seeds is None:
+        return jax.jit(program)
+    data = _mesh.replicated(seeds.mesh)
+    return jax.jit(program, in_shardings=(data, data, seeds), out_shardings=seeds)
