@@ -69,8 +69,8 @@ def _poison_seed_1_in_epoch_2(monkeypatch):
     divergence would show it); the runner must keep its state of epoch 1."""
     real = vae_train.make_seeds_epoch
 
-    def poisoned(setup):
-        jitted = real(setup)
+    def poisoned(setup, mesh=None):
+        jitted = real(setup, mesh)
 
         def epoch(states, train, keys):
             new, losses = jitted(states, train, keys)

@@ -131,8 +131,8 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, estimato
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = vae_train.make_train_epoch
 
-    def poisoned(setup):
-        jitted = real(setup)
+    def poisoned(setup, mesh=None):
+        jitted = real(setup, mesh)
         calls = []
 
         def epoch(state, train, key):

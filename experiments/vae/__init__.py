@@ -14,6 +14,13 @@ The pieces, each a screen long: :func:`run` loads the data (:func:`load_data`), 
 model (:func:`init_run`), restores (:func:`_start`), compiles (:func:`_prepare`), trains
 (:func:`_train`; one epoch's metrics in :func:`_epoch_row`) and evaluates (:func:`_evaluate`,
 :func:`_finish`). :mod:`experiments.vae.compare` uses the public ones.
+
+Training is data-parallel on the device mesh of ``config.mesh`` (:func:`make_mesh`): the state
+and the images replicated, each step's batch split over the devices, the gradient summed
+across them by XLA (:func:`train.make_train_epoch`); the batch size must be a multiple of the
+device count. The results equal one device's up to float32 rounding (the batch sums' order; on
+one device the program is the unsharded one, bit for bit). The evaluations (test ELBO,
+log-likelihood, gradient variance) run replicated on the parameters' devices.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import numpy as np
 import estimators
 import models
 
+from .. import _mesh
 from .._diagnostics import NAN_CAUSES
 from .._workdir import WorkdirError, atomic_write_bytes, atomic_write_text, read_json, write_json
 from . import checkpoint, data, plots, train
@@ -121,6 +129,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("learning_rate", "baseline_learning_rate"):
         if not config[key] > 0:
             raise ValueError(f"config.{key} must be > 0; got {config[key]}")
+    make_mesh(config)
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The mesh the run trains on: ``_mesh.make_mesh(config)`` (``config.mesh.devices``), for
+    one seed data-parallel along the batch (:func:`train.make_train_epoch`), for ``num_seeds >
+    1`` turned into :func:`train.seeds_mesh` (seed groups, each data-parallel). Raises
+    :class:`experiments._mesh.MeshError` naming ``config.batch_size`` when the batch does not
+    split evenly over the devices it is spread over."""
+    mesh = _mesh.make_mesh(config)
+    num_seeds = int(config.get("num_seeds", 1))
+    if num_seeds == 1:
+        _mesh.check_divisible(config.batch_size, mesh, "config.batch_size")
+        return mesh
+    mesh = train.seeds_mesh(mesh, num_seeds)
+    per_seed = train.batch_devices(mesh)
+    if config.batch_size % per_seed:
+        raise _mesh.MeshError(
+            f"config.batch_size = {config.batch_size} does not split over the {per_seed} devices "
+            f"each seed's batch is spread over ({num_seeds} seeds on {mesh.devices.size} devices "
+            f"in {mesh.shape[train.SEED_AXIS]} seed groups); choose a multiple of {per_seed}, a "
+            "num_seeds that is a multiple of the device count, or set mesh.devices"
+        )
+    return mesh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +262,7 @@ class _Loop:
     train_epoch: Callable[..., tuple[PyTree, jax.Array]]  # compiled
     grad_variance: Callable[..., dict[str, jax.Array]]
     test_elbo: Callable[..., jax.Array]
+    key_sharding: Any = None  # where train_epoch takes its epoch key (train.epoch_shardings)
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) -> dict:
@@ -241,11 +274,13 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
         from . import seeds
 
         return seeds.run(config, workdir, resume)
+    mesh = make_mesh(config)
     _, train_np, test_np = load_data(config)
     setup, state = init_run(config, train_np.shape[1], len(train_np) // config.batch_size)
     manager = checkpoint.manager(workdir)
     state, start_epoch, rows = _start(config, workdir, manager, state, resume)
-    loop, compile_time = _prepare(config, workdir, setup, manager, state, train_np, test_np)
+    state = jax.device_put(state, train.epoch_shardings(mesh)[0])  # replicated
+    loop, compile_time = _prepare(config, workdir, setup, manager, state, train_np, test_np, mesh)
     state, stopped_by_budget = _train(loop, state, start_epoch, rows)
     results = _finish(loop, state, rows, compile_time, _evaluate(loop, state["params"]))
     results["stopped_by_time_budget"] = stopped_by_budget
@@ -281,13 +316,16 @@ def _start(
     return restored.state, last_epoch + 1, rows
 
 
-def _prepare(config, workdir, setup, manager, state, train_np, test_np) -> tuple[_Loop, float]:
-    """The loop's arrays and compiled functions, and the training epoch's compile time (s)."""
-    train_x = jnp.asarray(train_np)
+def _prepare(
+    config, workdir, setup, manager, state, train_np, test_np, mesh
+) -> tuple[_Loop, float]:
+    """The loop's arrays and compiled functions, and the training epoch's compile time (s):
+    the epoch data-parallel on ``mesh`` (``state`` already placed on it, replicated)."""
+    _, data_sharding, key_sharding = train.epoch_shardings(mesh)
+    train_x = jax.device_put(jnp.asarray(train_np), data_sharding)
+    key = jax.device_put(train.epoch_keys(0, 0), key_sharding)
     t0 = time.perf_counter()
-    train_epoch = (
-        train.make_train_epoch(setup).lower(state, train_x, train.epoch_keys(0, 0)).compile()
-    )
+    train_epoch = train.make_train_epoch(setup, mesh).lower(state, train_x, key).compile()
     compile_time = time.perf_counter() - t0
     loop = _Loop(
         config=config,
@@ -301,6 +339,7 @@ def _prepare(config, workdir, setup, manager, state, train_np, test_np) -> tuple
         train_epoch=train_epoch,
         grad_variance=train.make_grad_variance(setup, config.grad_var_num_estimates),
         test_elbo=train.make_test_elbo(setup.graphdef),
+        key_sharding=key_sharding,
     )
     return loop, compile_time
 
@@ -331,7 +370,7 @@ def _train(
     try:
         for epoch in bar:
             t = time.perf_counter()
-            keys = train.epoch_keys(config.seed, epoch)
+            keys = jax.device_put(train.epoch_keys(config.seed, epoch), loop.key_sharding)
             new_state, losses = loop.train_epoch(state, loop.train_x, keys)
             losses = np.asarray(losses)
             seconds = time.perf_counter() - t

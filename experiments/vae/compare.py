@@ -35,6 +35,11 @@ The table (``table.md``, ``table.csv``) and ``grad_variance.png`` report this pr
 ``grad_variance_own_params.png`` is the other, labelled view: each run's variance along its own
 training, at its own parameters (not comparable across estimators). ``--resume`` skips finished
 (or diverged) estimators, resumes the interrupted one and reuses a finished protocol.
+
+On a device mesh each estimator's run is laid out as ``vae.run`` lays it out (data-parallel,
+several seeds as :mod:`experiments.vae.seeds` splits them); the estimators, programs of
+different shapes, run one after another. The replay of the reference run uses the run's own
+mesh and program, so it stays bit for bit the run's checkpoint.
 """
 
 from __future__ import annotations
@@ -196,22 +201,27 @@ def _reference_states(config, setup, state, train_x, epochs: list[int]) -> dict[
     runs that program and keeps the first seed's (``config.seed``) state: the same state, bit
     for bit, as the run's (a one-seed program agrees with it only to float32 rounding)."""
     num_seeds = int(config.get("num_seeds", 1))
+    ref_cfg = sub_config(config, config.grad_var_reference)
+    mesh = vae.make_mesh(ref_cfg)  # the run's own mesh and program: the same bits
+    state_sharding, data_sharding, key_sharding = train.epoch_shardings(mesh)
+    train_x = jax.device_put(train_x, data_sharding)
     if num_seeds > 1:
-        ref_cfg = sub_config(config, config.grad_var_reference)
         _, states = seeds.init_seeds(ref_cfg, train_x.shape[1], setup.num_batches)
-        many = train.make_seeds_epoch(setup)
+        many = train.make_seeds_epoch(setup, mesh)
         seed_list = seeds.seed_list(ref_cfg)
 
         def train_epoch(st, x, e):
-            st, losses = many(st, x, jnp.stack([train.epoch_keys(s, e) for s in seed_list]))
+            keys = jnp.stack([train.epoch_keys(s, e) for s in seed_list])
+            st, losses = many(st, x, jax.device_put(keys, key_sharding))
             return st, losses[0]
 
-        state, first = states, lambda st: seeds.unstack(st, 0)
+        state, first = jax.device_put(states, state_sharding), lambda st: seeds.unstack(st, 0)
     else:
-        one = train.make_train_epoch(setup)
+        one = train.make_train_epoch(setup, mesh)
+        state = jax.device_put(state, state_sharding)
 
         def train_epoch(st, x, e):
-            return one(st, x, train.epoch_keys(config.seed, e))
+            return one(st, x, jax.device_put(train.epoch_keys(config.seed, e), key_sharding))
 
         def first(st):
             return st

@@ -20,6 +20,18 @@ workdir:
 
 A seed that diverges keeps its last good state (its lanes of the program go on computing and
 are discarded); the other seeds train on. If every seed diverges, ``TrainingDiverged``.
+
+On the device mesh (``config.mesh``, ``n`` devices) the ``S`` seeds are laid out by one rule
+(:func:`train.seeds_mesh`): ``g = gcd(S, n)`` seed groups of ``n / g`` devices, the states and
+keys split along the seed axis over the groups, each seed's batch split over its group's
+devices (data-parallel, its gradient summed within the group). ``S`` a multiple of ``n`` (8
+seeds on 8 devices): a seed group per device and no communication at all; ``S`` a divisor of
+``n`` (2 seeds on 8): each seed data-parallel on ``n / S`` devices; otherwise (3 seeds on 8:
+``g = 1``) every seed data-parallel on all ``n``. The batch size must be a multiple of ``n /
+g`` (``vae.make_mesh`` says so, naming ``config.batch_size``, before anything is written).
+Seed ``s`` ends where it does on one device up to float32 rounding (the order of the batch
+sums; ``tests/test_sharding_vae.py`` derives the bound); one device is the unsharded program
+bit for bit.
 """
 
 from __future__ import annotations
@@ -119,6 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     _, train_np, test_np = vae.load_data(config)
     num_batches = len(train_np) // config.batch_size
     configs = [seed_config(config, s) for s in seeds]
+    mesh = vae.make_mesh(config)
+    shardings = train.epoch_shardings(mesh)
     setup, states = init_seeds(config, train_np.shape[1], num_batches)
     dirs = [workdir / seed_dir(s) for s in seeds]
     manager = checkpoint.manager(workdir)
@@ -141,9 +155,11 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     for c, d in zip(configs, dirs, strict=True):
         d.mkdir(parents=True, exist_ok=True)
         write_json(d / "config.json", config_to_dict(c))
-    train_x, test = jnp.asarray(train_np), jnp.asarray(test_np)
+    states = jax.device_put(states, shardings[0])
+    train_x, test = jax.device_put(jnp.asarray(train_np), shardings[1]), jnp.asarray(test_np)
+    keys = jax.device_put(_seed_keys(seeds, 0), shardings[2])
     t0 = time.perf_counter()
-    epoch_fn = train.make_seeds_epoch(setup).lower(states, train_x, _seed_keys(seeds, 0)).compile()
+    epoch_fn = train.make_seeds_epoch(setup, mesh).lower(states, train_x, keys).compile()
     compile_time = time.perf_counter() - t0
     grad_variance = train.make_grad_variance(setup, config.grad_var_num_estimates)
     test_elbo = train.make_test_elbo(setup.graphdef)
@@ -163,7 +179,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
         )
         for c, d, s in zip(configs, dirs, seeds, strict=True)
     ]
-    states, stopped = _train(config, manager, loops, epoch_fn, states, start, rows, diverged)
+    states, stopped = _train(
+        config, manager, loops, (epoch_fn, shardings), states, start, rows, diverged
+    )
     per_seed = []
     for s, loop in enumerate(loops):
         per_seed.append(_finish_seed(loop, unstack(states, s), rows[s], compile_time, diverged, s))
@@ -177,11 +195,13 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     return summary
 
 
-def _train(config, manager, loops, epoch_fn, states, start, rows, diverged) -> tuple[Any, bool]:
-    """Epochs ``start .. num_epochs - 1`` of every seed in one program; a seed whose losses
-    are not all finite is marked diverged (``diverged[s]``: the 1-based epoch) and keeps its
-    last good state. Checkpoints as ``vae.run`` does. Returns the states and whether the
-    time budget stopped training."""
+def _train(config, manager, loops, program, states, start, rows, diverged) -> tuple[Any, bool]:
+    """Epochs ``start .. num_epochs - 1`` of every seed in one program (``program``: the
+    compiled epoch and its :func:`train.epoch_shardings`); a seed whose losses are not all
+    finite is marked diverged (``diverged[s]``: the 1-based epoch) and keeps its last good
+    state. Checkpoints as ``vae.run`` does. Returns the states and whether the time budget
+    stopped training."""
+    epoch_fn, (state_sharding, _, key_sharding) = program
     seeds = [loop.config.seed for loop in loops]
     every = config.checkpoint_every_steps
     saved_step = int(jnp.max(states["step"]))
@@ -191,7 +211,11 @@ def _train(config, manager, loops, epoch_fn, states, start, rows, diverged) -> t
             if all(diverged):
                 break
             t = time.perf_counter()
-            new, losses = epoch_fn(states, loops[0].train_x, _seed_keys(seeds, epoch))
+            new, losses = epoch_fn(
+                jax.device_put(states, state_sharding),  # _keep_good's may lie elsewhere
+                loops[0].train_x,
+                jax.device_put(_seed_keys(seeds, epoch), key_sharding),
+            )
             losses = np.asarray(losses)
             seconds = time.perf_counter() - t
             for s, ok in enumerate(np.isfinite(losses).all(axis=1)):

@@ -25,6 +25,7 @@ batch's stopped costs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,14 +35,19 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import estimators
 import models
 
+from .. import _mesh
 from .config import RENAMED
 
 Array = jax.Array
 PyTree = Any
+
+SEED_AXIS = "seeds"
+"""The seed axis of :func:`seeds_mesh` (the batch's is :data:`experiments._mesh.AXIS`)."""
 
 
 class TrainingDiverged(ValueError):
@@ -231,26 +237,98 @@ def epoch_keys(seed: int, epoch: int) -> Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), epoch)
 
 
-def make_train_epoch(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
+def make_train_epoch(
+    setup: Setup, mesh: Mesh | None = None
+) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
     """Jitted ``(state, train [N, D], epoch_key) -> (state, losses [num_batches])``.
 
     Shuffles, binarises each batch (dynamic binarisation, its own key per step) and takes
     ``num_batches`` steps in one ``lax.scan``; the data stay on the device.
+
+    With a ``mesh`` (one axis, :data:`experiments._mesh.AXIS`) the epoch is data-parallel: the
+    state, the training images and the key are replicated on every device (in and out, see
+    :func:`epoch_shardings`), each step's batch ``[B, D]`` and its indices are split over the
+    devices along the batch (``B`` must be a multiple of the device count), so each device
+    draws and evaluates its ``B / n`` examples and XLA sums the gradient across the devices (an
+    all-reduce of the ``P`` parameters' gradient per step). Every random draw is the same on
+    any number of devices (partitionable threefry: a draw's values do not depend on how its
+    array is split); only the order of the batch sums changes (float32 rounding).
     """
-    return jax.jit(_epoch_program(setup))
+    if mesh is None:
+        return jax.jit(_epoch_program(setup))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        _epoch_program(setup, mesh),
+        in_shardings=epoch_shardings(mesh),
+        out_shardings=(replicated, replicated),  # the state and the losses
+    )
 
 
-def make_seeds_epoch(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
+def make_seeds_epoch(
+    setup: Setup, mesh: Mesh | None = None
+) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
     """Jitted ``(states, train [N, D], epoch_keys [S]) -> (states, losses [S, num_batches])``:
     :func:`make_train_epoch`'s epoch for ``S`` seeds in ONE program (``jax.vmap`` over the
     seeds' states, leaves ``[S, ...]``, and their epoch keys; the data shared). Seed ``s``
     computes what a one-seed run of ``epoch_keys[s]`` computes, up to float32 rounding (the
-    batched matmuls may sum in another order)."""
-    return jax.jit(jax.vmap(_epoch_program(setup), in_axes=(0, None, 0)))
+    batched matmuls may sum in another order).
+
+    With a ``mesh`` of :func:`seeds_mesh` (axes :data:`SEED_AXIS`, :data:`experiments._mesh.AXIS`)
+    the seeds are split over the first axis (states, keys and losses sharded along ``S``; no
+    communication between seed groups) and each seed's batch over the second, data-parallel as
+    in :func:`make_train_epoch`.
+    """
+    if mesh is None:
+        return jax.jit(jax.vmap(_epoch_program(setup), in_axes=(0, None, 0)))
+    program = jax.vmap(_epoch_program(setup, mesh), in_axes=(0, None, 0), spmd_axis_name=SEED_AXIS)
+    seeds, data, _ = epoch_shardings(mesh)
+    return jax.jit(program, in_shardings=(seeds, data, seeds), out_shardings=(seeds, seeds))
 
 
-def _epoch_program(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
-    """The un-jitted epoch of ONE seed (see :func:`make_train_epoch`)."""
+def epoch_shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding, NamedSharding]:
+    """Where an epoch program of ``mesh`` takes and returns its arguments: ``(state, train
+    images, epoch key(s))``. On a one-axis mesh (:func:`make_train_epoch`) all three are
+    replicated; on a :func:`seeds_mesh` the states and keys are split along their leading seed
+    axis over :data:`SEED_AXIS` and the images replicated.
+
+    Single-process, ``jax.device_put(x, sharding)`` places an array; with several processes
+    the images are the same on every process and may be put the same way, while a state that
+    differs per process would need ``jax.make_array_from_process_local_data``.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    if SEED_AXIS in mesh.axis_names:
+        seeds = NamedSharding(mesh, PartitionSpec(SEED_AXIS))
+        return seeds, replicated, seeds
+    return replicated, replicated, replicated
+
+
+def seeds_mesh(mesh: Mesh, num_seeds: int) -> Mesh:
+    """The two-axis mesh ``(SEED_AXIS, AXIS)`` of ``S = num_seeds`` seeds on ``mesh``'s ``n``
+    devices: ``g = gcd(S, n)`` seed groups of ``n / g`` devices each. ``S`` a multiple of ``n``:
+    ``g = n``, seeds only (``S / n`` per device, no communication); ``S`` a divisor of ``n``:
+    every seed data-parallel on its own ``n / S`` devices; otherwise ``S / g`` seeds per group,
+    each group data-parallel (``g = 1``: every seed's batch over all ``n`` devices)."""
+    devices = mesh.devices.reshape(-1)
+    groups = math.gcd(int(num_seeds), devices.size)
+    return Mesh(devices.reshape(groups, devices.size // groups), (SEED_AXIS, _mesh.AXIS))
+
+
+def batch_devices(mesh: Mesh) -> int:
+    """How many devices each step's batch is split over: the size of ``mesh``'s
+    :data:`experiments._mesh.AXIS` axis (the batch size must be a multiple of it)."""
+    return int(mesh.shape[_mesh.AXIS])
+
+
+def _epoch_program(
+    setup: Setup, mesh: Mesh | None = None
+) -> Callable[[PyTree, Array, Array], tuple[PyTree, Array]]:
+    """The un-jitted epoch of ONE seed (see :func:`make_train_epoch`); with ``mesh``, each
+    step's batch indices and images are constrained to be split along the batch over
+    :data:`experiments._mesh.AXIS`."""
+    if mesh is None:
+        split = None
+    else:
+        split = NamedSharding(mesh, PartitionSpec(_mesh.AXIS))
 
     def epoch(state, train, key):
         k_perm, k_steps = jax.random.split(key)
@@ -263,7 +341,11 @@ def _epoch_program(setup: Setup) -> Callable[[PyTree, Array, Array], tuple[PyTre
         def body(state, inp):
             i, k = inp
             k_bin, k_est = jax.random.split(k)
+            if split is not None:
+                i = jax.lax.with_sharding_constraint(i, split)
             xs = train[i]
+            if split is not None:
+                xs = jax.lax.with_sharding_constraint(xs, split)
             if setup.dynamic:
                 xs = jax.random.bernoulli(k_bin, xs).astype(xs.dtype)
             return train_step(setup, state, xs, k_est)
