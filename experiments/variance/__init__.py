@@ -245,14 +245,16 @@ def _run_mc(config, dim: int, rows: list[tuple[str, float]], mesh: Mesh | None =
     evaluations = max(monte_carlo.estimator(e).cost_evaluations(dim) * joints[e] for e in specs)
     device = mesh.devices.flat[0] if mesh is not None else None
     plan = monte_carlo.plan(
-        config.num_samples, len(rows), dim, evaluations, monte_carlo.step_elements(device)
+        config.num_samples,
+        len(rows),
+        dim,
+        evaluations,
+        monte_carlo.step_elements(device),
+        outputs=len(specs) * len(problem.parameters),
     )
     dist = problem.dist_builder(problem.params(_values(config, problem), dim))
-    smallest = plan.last if plan.num_chunks > 1 or plan.masked else plan.size
     for e in specs:  # a clear error if an estimator needs more samples than a chunk holds
-        monte_carlo.estimator(e).check(
-            dist, joints[e] if joints[e] > 1 else min(smallest, plan.size)
-        )
+        monte_carlo.estimator(e).check(dist, joints[e] if joints[e] > 1 else plan.last)
     statistics = monte_carlo.mc_statistics(
         key,
         np.array([c.weight_vector() for c in costs], np.float32),

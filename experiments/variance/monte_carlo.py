@@ -57,8 +57,8 @@ ACCELERATOR_BYTES_PER_ELEMENT = 1024
 MAX_STEP_ELEMENTS = 2**26
 ACCELERATOR_STEP_ELEMENTS = 2**24
 # One program call (a launch) returns per-chunk moments for at most about this many
-# (chunk, row, coordinate) triples, 16 MB per array: more samples are more launches, merged on
-# the host, so memory does not grow with num_samples.
+# (chunk, row, coordinate, estimator-parameter pair) elements, 16 MB per moment, 64 MB in all:
+# more samples are more launches, merged on the host, so memory does not grow with num_samples.
 LAUNCH_ELEMENTS = 2**22
 # The modifier whose baseline the runner estimates once per grid row (see the module docstring).
 ROW_BASELINE = "optimal"
@@ -231,17 +231,19 @@ def plan(
     evaluations: int = 1,
     step: int = STEP_ELEMENTS,
     launch_elements: int | None = None,
+    outputs: int = 1,
 ) -> Plan:
     """The chunks of :func:`chunk_sizes` (``step``: :func:`step_elements`), grouped into
-    launches of at most ``launch_elements / (rows * dim)`` chunks each (default
-    :data:`LAUNCH_ELEMENTS`), as equal as possible.
+    launches of at most ``launch_elements / (rows * dim * outputs)`` chunks each (default
+    :data:`LAUNCH_ELEMENTS`; ``outputs``: the number of (estimator, parameter) pairs, each
+    returning per-chunk moments), as equal as possible.
 
     Every bundled figure at its configured size is one launch (what it always was).
     """
     size, num_chunks, last = _search_sizes(num_samples, _target(rows, dim, evaluations, step))
     if launch_elements is None:
         launch_elements = LAUNCH_ELEMENTS
-    most = max(1, launch_elements // (rows * dim))
+    most = max(1, launch_elements // (rows * dim * outputs))
     launches = -(-num_chunks // most)
     return Plan(size, num_chunks, last, -(-num_chunks // launches))
 
