@@ -29,6 +29,10 @@ the Monte Carlo value is the per-coordinate sample variance averaged over the ``
 coordinates, which estimates the same number with less noise. Each point also carries the
 exact gradient of the first coordinate and its Monte Carlo mean with a standard error.
 
+``num_samples`` may be any int (10^9 and more: streamed in launches, ``monte_carlo.plan``);
+the chunks of samples are spread over the config's mesh (``mesh.devices``, default every
+device; ``experiments._mesh``), with results equal to one device's within float32 rounding.
+
 Writes ``results.json`` (the exact curves and every Monte Carlo point with its exact value),
 ``results.csv`` (the points) and ``<name>.png``/``.pdf``; :func:`plot` redraws the figure from
 ``results.json`` alone.
