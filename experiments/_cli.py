@@ -510,6 +510,10 @@ def _join_cluster(args: argparse.Namespace) -> bool:
     )
     if cluster is None:
         return False
+    # First estimators: its XLA_FLAGS workaround must precede JAX's backends, which the
+    # multi-process helpers start (a plain run starts them later, in the runner).
+    import estimators  # noqa: F401
+
     _distributed.initialize(cluster)
     print(
         f"process {cluster.process_id} of {cluster.num_processes} ({cluster.source}, "
