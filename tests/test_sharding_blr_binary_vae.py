@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 U = 2.0**-24  # float32 unit roundoff
 NUM_SEEDS = 8
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import experiments
 from experiments import _cli, _config, _mesh, blr
@@ -174,3 +176,56 @@ def test_blr_and_binary_vae_on_8_devices_equal_one_device(tmp_path):
     ):
         spread = np.abs(results[1:] - results[0]) / np.abs(results[0])
         assert spread.min() > 10 * rtol, (spread, rtol)
+
+
+RESUME_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+
+from experiments import _cli, _config
+
+out = Path(sys.argv[1])
+
+
+def config(steps, devices):
+    c = _config.load_config("binary_vae_digits")
+    c.models, c.estimators, c.train_examples, c.batch_size = ("linear",), ("disarm",), 100, 25
+    c.num_steps, c.num_seeds, c.latent_dim, c.eval_examples = steps, 8, 8, 50
+    c.eval_num_samples, c.train_elbo_examples, c.grad_var_epochs = 1, 100, (0,)
+    c.grad_var_num_estimates = c.grad_var_run_estimates = 3
+    c.grad_var_warmup_steps, c.progress, c.figures = 0, False, False
+    c.mesh.devices = devices
+    return c
+
+
+_cli.run_experiment(config(4, 0), out / "a")  # one epoch on 8 devices ...
+_cli.run_experiment(config(8, 0), out / "a", resume=True)  # ... resumed for a second
+_cli.run_experiment(config(8, 0), out / "b")  # two epochs on 8
+_cli.run_experiment(config(4, 1), out / "c")  # one epoch on one device ...
+_cli.run_experiment(config(8, 0), out / "c", resume=True)  # ... resumed on 8
+"""
+
+
+@pytest.mark.slow  # 35 s of CPU; the sharded programs are tested by default above
+def test_binary_vae_resumes_on_8_devices_where_an_8_device_run_ends(tmp_path):
+    """A 1-epoch run on 8 devices resumed for a second epoch ends with the results of a 2-epoch
+    run on 8 devices, bit for bit (the checkpoint's host arrays laid out on the mesh again); one
+    whose first epoch ran on one device ends there within float32 rounding (module docstring)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT, str(tmp_path)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b, c = (
+        json.loads((tmp_path / w / "linear" / "disarm" / "results.json").read_text())
+        for w in ("a", "b", "c")
+    )
+    assert a["steps"] == b["steps"] == c["steps"] == 8
+    for key in ("train_elbo", "validation_bound", "test_bound"):
+        assert a[key] == b[key], key
+        np.testing.assert_allclose(c[key], b[key], rtol=BVAE_RTOL, atol=0, err_msg=key)
