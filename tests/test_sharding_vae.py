@@ -232,14 +232,15 @@ RUNNERS = textwrap.dedent(
             "progress=false", "figures=false"]
     out = {}
     for n in (8, 1):
-        for name, extra in [("vae_digits", ["estimator=score_function+nvil"]),
-                            ("vae_digits", ["num_seeds=2"]),
-                            ("vae_compare_digits", ["estimators=('pathwise', 'score_function')",
-                                                    "grad_var_checkpoint_epochs=(1,)",
-                                                    "grad_var_warmup_steps=2"])]:
+        for key, name, extra in [
+                ("vae_digits", "vae_digits", ["estimator=score_function+nvil"]),
+                ("vae_digits_seeds", "vae_digits", ["num_seeds=2"]),
+                ("vae_compare_digits", "vae_compare_digits",
+                 ["num_seeds=2", "estimators=('pathwise', 'score_function')",
+                  "grad_var_checkpoint_epochs=(1,)", "grad_var_warmup_steps=2"])]:
             config = cfg.load_config(name)
             cfg.apply_overrides(config, [*TINY, *extra, f"mesh.devices={n}"])
-            key = f"{name}{'_seeds' if 'num_seeds=2' in extra else ''}_{n}"
+            key = f"{key}_{n}"
             r = run_experiment(config, root / key)
             out[key] = json.loads(json.dumps(r, default=str))
     config = cfg.load_config("vae_digits")
@@ -255,9 +256,10 @@ RUNNERS = textwrap.dedent(
 
 @pytest.mark.slow  # three runners twice, about 90 s of CPU
 def test_runners_on_8_devices_match_1_device(tmp_path):
-    """``vae``, ``vae`` with 2 seeds and ``vae.compare`` end to end with ``mesh.devices = 8``
-    and ``= 1``: the same results within the tolerance, and the comparison's replay of its
-    reference run (on the run's own mesh) bit for bit equal to the run's checkpoint."""
+    """``vae``, ``vae`` with 2 seeds and ``vae.compare`` with 2 seeds end to end with
+    ``mesh.devices = 8`` and ``= 1``: the same results within the tolerance, and the
+    comparison's replay of its reference run (the run's own 2-seed program on its own mesh)
+    bit for bit equal to the run's checkpoint."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
