@@ -101,3 +101,29 @@ def is_writer() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+def put(tree: Any, sharding: Any) -> Any:
+    """``jax.device_put(tree, sharding)`` that also works on a mesh spanning several processes.
+
+    ``sharding``: one sharding for every leaf, or a tree of shardings that is a prefix of
+    ``tree``. Every process passes the same values (the SPMD program). ``jax.device_put`` of a
+    PRNG key array (``jax.random.key``) onto devices of other processes raises; such a leaf is
+    placed as its raw key data (``jax.random.key_data``) and wrapped again, which is the same
+    array. Single-process, the result equals ``jax.device_put``'s.
+    """
+    import jax
+    from jax.sharding import Sharding
+
+    def one(x: Any, s: Sharding) -> Any:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(jax.random.key_data(x), s)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(x, s)
+
+    return jax.tree.map(
+        lambda s, sub: jax.tree.map(lambda x: one(x, s), sub),
+        sharding,
+        tree,
+        is_leaf=lambda s: isinstance(s, Sharding),
+    )

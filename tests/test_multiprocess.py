@@ -237,6 +237,24 @@ def test_single_process_helpers_change_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_put_places_arrays_and_prng_keys_as_device_put():
+    """``_mesh.put``: what ``jax.device_put`` gives, key arrays included (placed as their key
+    data, which a multi-process mesh needs: the slow VAE test), for one sharding or a prefix
+    tree of them."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import _mesh
+
+    s = _mesh.replicated(_mesh.make_mesh(devices=1))
+    tree = {"keys": jax.random.split(jax.random.key(3), 2), "x": jnp.arange(3.0)}
+    for sharding in (s, {"keys": s, "x": s}):
+        out = _mesh.put(tree, sharding)
+        assert out["keys"].dtype == tree["keys"].dtype and out["keys"].sharding == s
+        assert np.array_equal(jax.random.key_data(out["keys"]), jax.random.key_data(tree["keys"]))
+        assert out["x"].sharding == s and np.array_equal(out["x"], tree["x"])
+
+
 def test_private_workdir_copies_and_links_the_checkpoints(tmp_path):
     """A non-writing process's stand-in workdir: the files copied, ``checkpoints/`` linked to
     the real ones (in sub-workdirs too, and made on demand); removing it spares the real ones."""
