@@ -127,3 +127,28 @@ def put(tree: Any, sharding: Any) -> Any:
         tree,
         is_leaf=lambda s: isinstance(s, Sharding),
     )
+
+
+def seed_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
+    """How arrays with a leading seed axis ``[S, ...]`` lie on ``mesh``: split over its devices
+    when ``num_seeds`` is a multiple of the mesh's size (each device trains its own seeds, no
+    communication), else replicated (every device runs every seed)."""
+    if num_seeds % mesh.devices.size:
+        return replicated(mesh)
+    return sharded(mesh)
+
+
+def to_host(x: Any) -> Any:
+    """The whole value of ``x`` as a NumPy array, on every process.
+
+    An array spread over several processes' devices and not replicated on each (a seed-sharded
+    state under ``jax.distributed``) is gathered from every process first; anything else is
+    read from this process's copy (``np.asarray``)."""
+    import jax
+    import numpy as np
+
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -57,6 +57,8 @@ from ..vae import data as vae_data
 from ..vae.train import variance_ratio, variance_summary
 from . import train
 
+_host = _mesh.to_host
+
 RESUMABLE = True
 RESUME_MAY_RAISE = ("num_steps",)
 _EVAL_BINARIZATION_SEED = 0  # every run is evaluated on the same validation and test bits
@@ -217,16 +219,6 @@ def _seed_keys(config, seeds: Any = None) -> jax.Array:
         return jnp.stack([jax.random.key(config.seed + s) for s in range(config.num_seeds)])
 
     return keys() if seeds is None else jax.jit(keys, out_shardings=seeds)()
-
-
-def _host(array: jax.Array) -> np.ndarray:
-    """The whole of a (possibly sharded) array as numpy: gathered from every process when this
-    process does not hold all of it (``jax.distributed``)."""
-    if array.is_fully_addressable or array.is_fully_replicated:
-        return np.asarray(array)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def num_epochs(config, steps_per_epoch: int) -> int:

@@ -32,26 +32,19 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 
 import estimators
 from models import binary_vae
 
 from .. import _mesh
+from .._mesh import seed_sharding as seed_sharding  # the seed axis's layout
 
 Array = jax.Array
 PyTree = Any
 
 # fold_in tags of a seed's key.
 TAG_INIT, TAG_EPOCH, TAG_TRAIN_ELBO, TAG_EVAL, TAG_VAR_BATCH, TAG_VAR, TAG_WARM = range(7)
-
-
-def seed_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
-    """How the arrays with a leading seed axis ``[S, ...]`` lie on ``mesh``: split over its
-    devices when ``num_seeds`` is a multiple of the mesh's size, else replicated."""
-    if num_seeds % mesh.devices.size:
-        return _mesh.replicated(mesh)
-    return _mesh.sharded(mesh)
 
 
 def _jit(fn: Callable[..., Any], seeds: NamedSharding | None, axes: tuple[bool, ...]) -> Any:

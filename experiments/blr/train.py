@@ -31,13 +31,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 
 import estimators
 from estimators import registry
 from models import logistic_regression as lr
 
 from .. import _mesh
+from .._mesh import seed_sharding as seed_sharding  # the seed axis's layout
 
 Array = jax.Array
 
@@ -219,14 +220,6 @@ def train_one_seed(
     xs = (jnp.arange(num_blocks), jax.random.split(key, num_blocks))
     carry, metrics = jax.lax.scan(block, carry, xs)
     return carry.params, metrics
-
-
-def seed_sharding(mesh: Mesh, num_seeds: int) -> NamedSharding:
-    """How the arrays with a leading seed axis ``[S, ...]`` lie on ``mesh``: split over its
-    devices when ``num_seeds`` is a multiple of the mesh's size, else replicated."""
-    if num_seeds % mesh.devices.size:
-        return _mesh.replicated(mesh)
-    return _mesh.sharded(mesh)
 
 
 def make_program(

@@ -279,7 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     setup, state = init_run(config, train_np.shape[1], len(train_np) // config.batch_size)
     manager = checkpoint.manager(workdir)
     state, start_epoch, rows = _start(config, workdir, manager, state, resume)
-    state = jax.device_put(state, train.epoch_shardings(mesh)[0])  # replicated
+    state = _mesh.put(state, train.epoch_shardings(mesh)[0])  # replicated
     loop, compile_time = _prepare(config, workdir, setup, manager, state, train_np, test_np, mesh)
     state, stopped_by_budget = _train(loop, state, start_epoch, rows)
     results = _finish(loop, state, rows, compile_time, _evaluate(loop, state["params"]))
@@ -322,8 +322,8 @@ def _prepare(
     """The loop's arrays and compiled functions, and the training epoch's compile time (s):
     the epoch data-parallel on ``mesh`` (``state`` already placed on it, replicated)."""
     _, data_sharding, key_sharding = train.epoch_shardings(mesh)
-    train_x = jax.device_put(jnp.asarray(train_np), data_sharding)
-    key = jax.device_put(train.epoch_keys(0, 0), key_sharding)
+    train_x = _mesh.put(jnp.asarray(train_np), data_sharding)
+    key = _mesh.put(train.epoch_keys(0, 0), key_sharding)
     t0 = time.perf_counter()
     train_epoch = train.make_train_epoch(setup, mesh).lower(state, train_x, key).compile()
     compile_time = time.perf_counter() - t0
@@ -370,7 +370,7 @@ def _train(
     try:
         for epoch in bar:
             t = time.perf_counter()
-            keys = jax.device_put(train.epoch_keys(config.seed, epoch), loop.key_sharding)
+            keys = _mesh.put(train.epoch_keys(config.seed, epoch), loop.key_sharding)
             new_state, losses = loop.train_epoch(state, loop.train_x, keys)
             losses = np.asarray(losses)
             seconds = time.perf_counter() - t

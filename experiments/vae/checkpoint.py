@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._mesh import to_host as _host  # gathers a state split across processes
+
 PyTree = Any
 
 DIRECTORY = "checkpoints"
@@ -132,23 +134,6 @@ def save(mgr, state: PyTree, epoch: int) -> None:
     }
     mgr.save(step, args=ocp.args.StandardSave(tree))
     mgr.wait_until_finished()
-
-
-def _host(leaf: Any) -> np.ndarray:
-    """``leaf``'s whole value as a NumPy array, on every process.
-
-    An array spread over several processes' devices and not replicated on each (a sharded
-    state) is gathered first; a replicated one (the data-parallel VAE's parameters) is read
-    from this process's copy."""
-    if (
-        isinstance(leaf, jax.Array)
-        and not leaf.is_fully_addressable
-        and not leaf.is_fully_replicated
-    ):
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
-    return np.asarray(leaf)
 
 
 def _spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:

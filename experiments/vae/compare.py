@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from .. import vae
+from .. import _mesh, vae
 from .._config import config_from_dict, config_to_dict
 from .._workdir import atomic_write_text, read_json, write_json
 from . import checkpoint, plots, seeds, train
@@ -204,7 +204,7 @@ def _reference_states(config, setup, state, train_x, epochs: list[int]) -> dict[
     ref_cfg = sub_config(config, config.grad_var_reference)
     mesh = vae.make_mesh(ref_cfg)  # the run's own mesh and program: the same bits
     state_sharding, data_sharding, key_sharding = train.epoch_shardings(mesh)
-    train_x = jax.device_put(train_x, data_sharding)
+    train_x = _mesh.put(train_x, data_sharding)
     if num_seeds > 1:
         _, states = seeds.init_seeds(ref_cfg, train_x.shape[1], setup.num_batches)
         many = train.make_seeds_epoch(setup, mesh)
@@ -212,16 +212,16 @@ def _reference_states(config, setup, state, train_x, epochs: list[int]) -> dict[
 
         def train_epoch(st, x, e):
             keys = jnp.stack([train.epoch_keys(s, e) for s in seed_list])
-            st, losses = many(st, x, jax.device_put(keys, key_sharding))
+            st, losses = many(st, x, _mesh.put(keys, key_sharding))
             return st, losses[0]
 
-        state, first = jax.device_put(states, state_sharding), lambda st: seeds.unstack(st, 0)
+        state, first = _mesh.put(states, state_sharding), lambda st: seeds.unstack(st, 0)
     else:
         one = train.make_train_epoch(setup, mesh)
-        state = jax.device_put(state, state_sharding)
+        state = _mesh.put(state, state_sharding)
 
         def train_epoch(st, x, e):
-            return one(st, x, jax.device_put(train.epoch_keys(config.seed, e), key_sharding))
+            return one(st, x, _mesh.put(train.epoch_keys(config.seed, e), key_sharding))
 
         def first(st):
             return st

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from .. import vae
+from .. import _mesh, vae
 from .._config import config_from_dict, config_to_dict
 from .._diagnostics import NAN_CAUSES
 from .._workdir import WorkdirError, atomic_write_text, read_json, write_json
@@ -155,9 +155,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     for c, d in zip(configs, dirs, strict=True):
         d.mkdir(parents=True, exist_ok=True)
         write_json(d / "config.json", config_to_dict(c))
-    states = jax.device_put(states, shardings[0])
-    train_x, test = jax.device_put(jnp.asarray(train_np), shardings[1]), jnp.asarray(test_np)
-    keys = jax.device_put(_seed_keys(seeds, 0), shardings[2])
+    states = _mesh.put(states, shardings[0])
+    train_x, test = _mesh.put(jnp.asarray(train_np), shardings[1]), jnp.asarray(test_np)
+    keys = _mesh.put(_seed_keys(seeds, 0), shardings[2])
     t0 = time.perf_counter()
     epoch_fn = train.make_seeds_epoch(setup, mesh).lower(states, train_x, keys).compile()
     compile_time = time.perf_counter() - t0
@@ -212,9 +212,9 @@ def _train(config, manager, loops, program, states, start, rows, diverged) -> tu
                 break
             t = time.perf_counter()
             new, losses = epoch_fn(
-                jax.device_put(states, state_sharding),  # _keep_good's may lie elsewhere
+                _mesh.put(states, state_sharding),  # _keep_good's may lie elsewhere
                 loops[0].train_x,
-                jax.device_put(_seed_keys(seeds, epoch), key_sharding),
+                _mesh.put(_seed_keys(seeds, epoch), key_sharding),
             )
             losses = np.asarray(losses)
             seconds = time.perf_counter() - t
