@@ -152,3 +152,21 @@ def to_host(x: Any) -> Any:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def seed_layout(config: ml_collections.ConfigDict) -> NamedSharding:
+    """The layout of the run's seed axis on its mesh (:func:`seed_sharding` of
+    ``config.num_seeds`` on :func:`make_mesh`; ``.mesh`` is the mesh); says on stderr when the
+    seeds do not split over several devices."""
+    import sys
+
+    mesh = make_mesh(config)
+    seeds = seed_sharding(mesh, config.num_seeds)
+    if mesh.devices.size > 1 and seeds.is_fully_replicated:
+        print(
+            f"note: {config.num_seeds} seeds do not split over {mesh.devices.size} devices: "
+            "every device trains every seed (choose num_seeds a multiple of the device count, "
+            "or mesh.devices a divisor of num_seeds, to spread them)",
+            file=sys.stderr,
+        )
+    return seeds

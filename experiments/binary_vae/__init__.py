@@ -517,15 +517,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, resume: bool = False) 
     ordered = [config.grad_var_reference] + [
         e for e in config.estimators if e != config.grad_var_reference
     ]
-    mesh = _mesh.make_mesh(config)
-    seeds = train.seed_sharding(mesh, config.num_seeds)
-    if mesh.devices.size > 1 and seeds.is_fully_replicated:
-        print(
-            f"note: {config.num_seeds} seeds do not split over {mesh.devices.size} devices: "
-            "every device trains every seed (choose num_seeds a multiple of the device count, "
-            "or mesh.devices a divisor of num_seeds, to spread them)",
-            file=sys.stderr,
-        )
+    seeds = _mesh.seed_layout(config)
     start = time.perf_counter()
     for model in config.models:
         shared: dict[str, Any] = {}  # the model's evaluation programs

@@ -300,15 +300,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Train every variant (and sweep value) for all seeds; save results and figures."""
     validate(config)
     features, labels = breast_cancer()
-    mesh = _mesh.make_mesh(config)
-    seeds = train.seed_sharding(mesh, config.num_seeds)
-    if mesh.devices.size > 1 and seeds.is_fully_replicated:
-        print(
-            f"note: {config.num_seeds} seeds do not split over {mesh.devices.size} devices: "
-            "every device trains every seed (choose num_seeds a multiple of the device count, "
-            "or mesh.devices a divisor of num_seeds, to spread them)",
-            file=sys.stderr,
-        )
+    seeds = _mesh.seed_layout(config)
     # The seeds' keys, made on the mesh (laid out as the seed axis; the same on every process).
     keys = jax.jit(lambda key: jax.random.split(key, config.num_seeds), out_shardings=seeds)(
         jax.random.key(config.seed)
