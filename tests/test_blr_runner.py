@@ -1,5 +1,6 @@
-"""The BLR configs (fig8, fig9, fig11, fig12) at a tiny size, redrawing, and bad input; the
-training step's moving-average baseline and control-variate coefficient; the figures' seed counts.
+"""The BLR configs (fig8 to fig14) at a tiny size, redrawing, and bad input; the training step's
+moving-average baseline and control-variate coefficient; the figures' seed counts; fig14's equal
+cost per step.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ CASES = {
     ],
     "fig11": TINY + ["variants=('score_function',)", "sweep_values=(3,)"],
     "fig12": TINY + ["variants=('pathwise',)", "sweep_values=(8, 569)"],
+    # The next three train fig8's programs (the session's compilation cache has them): only
+    # their figures and fig14's per-variant N are new. Fig 10's own N = 5 is checked in
+    # test_new_figure_configs, fig14 with the measure-valued estimator in the slow test below.
+    "fig10": TINY + ["variance_samples=8", "variants=('pathwise',)"],
+    "fig13": TINY + ["variance_samples=8", "variants=('score_function', 'pathwise')"],
+    "fig14": TINY
+    + ["variance_samples=8", "cost_budget=50", "variants=('score_function', 'pathwise')"],
 }
 
 
@@ -80,6 +88,9 @@ def test_config_smoke(name, tmp_path, capsys):
         config.variants
     )
     assert summary["timings"]["total_s"] > 0
+    if name == "fig14":  # each variant's own N, at the same evaluations per step
+        assert arrays["num_samples"].tolist() == [50, 50]
+        assert (arrays["num_samples"] * arrays["cost_evaluations"] == config.cost_budget).all()
     if name == "fig8":  # plot() redraws from the saved numbers alone
         for fig in config.figures:
             (workdir / f"{fig}.png").unlink()
@@ -117,7 +128,11 @@ def test_all_variants_through_runner(tmp_path):
         ("eval_every=7", "eval_every"),
         ("variance_samples=1", "variance_samples"),
         ("moving_average_decay=1.0", "moving_average_decay"),
-        ("figures=('fig10',)", "unknown figure"),
+        ("figures=('fig15',)", "unknown figure"),
+        ("figures=('fig10',)", "fig10 needs config.sweep"),
+        ("cost_budget=-1", "cost_budget"),
+        ("cost_budget=124", "cost_budget"),
+        ("variance_samples=0", "need config.variance_samples"),
         ("figures=('fig11',)", "needs config.sweep"),
         ("variants=('pathwise',)", "fig8 needs"),
         ("cv_coefficient=optimum", "cv_coefficient"),
@@ -126,7 +141,7 @@ def test_all_variants_through_runner(tmp_path):
     ],
 )
 def test_bad_values_rejected_before_writing(override, message, tmp_path):
-    config = experiments.load_config("fig9")
+    config = experiments.load_config("fig11" if "fig10" in override else "fig9")
     experiments.apply_overrides(config, [override])
     with pytest.raises(ValueError, match=message):
         experiments.run_experiment(config, tmp_path / "run")
@@ -547,3 +562,86 @@ def test_multi_sample_estimator_needs_two_estimates_for_its_variance():
     experiments.apply_overrides(config, ["variance_samples=100", "num_samples=1"])
     with pytest.raises(ValueError, match="needs num_samples >= 2"):
         blr.validate(config)
+
+
+def test_fig14_matches_the_cost_evaluations_per_step():
+    """At equal cost every variant evaluates the log-likelihood the same number of times per
+    step: its N (what the runner trains with, and the rows of the jacobians its step computes)
+    times its evaluations per sample (the registry's ``cost_evaluations``, and the paper's 4 D
+    for the measure-valued estimator's loc and scale, 1 for the others)."""
+    config = experiments.load_config("fig14")
+    blr.validate(config)
+    d = blr.NUM_FEATURES
+    paper = {v: 4 * d if v == "measure_valued" else 1 for v in config.variants}
+    features, labels = breast_cancer()
+    for variant in config.variants:
+        settings = blr._settings(config, variant, None)
+        est = estimators.registry.get(variant, cv_coefficient=1.0)
+        assert est.cost_evaluations(d) == paper[variant]
+        assert settings.num_samples * paper[variant] == config.cost_budget == 124
+        params = lr.init_params(d)
+        jac, _ = jax.eval_shape(
+            functools.partial(
+                blr_train.jacobians, settings, num_samples=settings.num_samples, scale=1.0
+            ),
+            params,
+            estimators.registry.get(variant, cv_coefficient=1.0).init(),
+            features[:32],
+            labels[:32],
+            jax.random.key(0),
+        )
+        assert jac["loc"].shape == (settings.num_samples, d)
+    assert blr._settings(config, "measure_valued", None).num_samples == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("cost_budget=100", "multiple of every variant"),
+        ("cv_coefficient=optimal", "fixed config.cv_coefficient"),
+        ("cost_budget=0", "fig14 .equal cost. needs"),
+        ("figures=('fig14', 'fig9')", "draw only fig14"),
+        ("sweep=num_samples", "fig14 needs config.sweep=''"),
+    ],
+)
+def test_fig14_bad_values_rejected(override, message):
+    config = experiments.load_config("fig14")
+    experiments.apply_overrides(config, [override, "sweep_values=(5,)"])
+    with pytest.raises(ValueError, match=message):
+        blr.validate(config)
+
+
+def test_new_figure_configs():
+    """Figures 10, 13 and 14 at full size: what each compares, and valid for the runner."""
+    fig9, fig10 = experiments.load_config("fig9"), experiments.load_config("fig10")
+    assert fig10.num_samples == 5 and fig10.figures == ("fig10",)
+    assert fig10.variants == fig9.variants and fig10.steps == fig9.steps
+    fig13 = experiments.load_config("fig13")  # the estimators without control variates
+    assert fig13.variants == ("score_function", "pathwise", "measure_valued")
+    fig14 = experiments.load_config("fig14")
+    assert fig14.variants == fig9.variants and fig14.cost_budget == 124
+    for config in (fig10, fig13, fig14):
+        blr.validate(config)
+
+
+@pytest.mark.slow
+def test_fig14_with_the_measure_valued_estimator_through_runner(tmp_path):
+    """Equal cost with the measure-valued estimator (a 12 s compile: opt in with -m slow)."""
+    config = experiments.load_config("fig14")
+    experiments.apply_overrides(
+        config,
+        TINY
+        + [
+            "variance_samples=8",
+            "measure_valued_variance_samples=4",
+            "variants=('pathwise', 'measure_valued')",
+        ],
+    )
+    summary = experiments.run_experiment(config, tmp_path / "run")
+    _, arrays = blr.load_results(tmp_path / "run")
+    assert arrays["num_samples"].tolist() == [124, 1]
+    assert arrays["cost_evaluations"].tolist() == [1, 124]
+    assert summary["variants"]["measure_valued"]["num_samples"] == 1
+    for variant in config.variants:
+        assert np.isfinite(arrays[f"{variant}/elbo"]).all()
+    assert (tmp_path / "run" / "fig14.png").stat().st_size > 0

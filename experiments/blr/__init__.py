@@ -1,4 +1,4 @@
-"""Bayesian logistic regression (Mohamed et al. 2020, section 8.3, Figures 8, 9, 11 and 12).
+"""Bayesian logistic regression (Mohamed et al. 2020, section 8.3, Figures 8 to 14).
 
 A mean-field Gaussian posterior over the 31 weights of a logistic regression on the
 breast-cancer data is trained by SGD on the ELBO, its gradient estimated by each variant: a spec
@@ -6,7 +6,9 @@ of ``estimators.registry`` (the paper's six: ``score_function``, ``+moving_avera
 ``+delta``; ``pathwise``, ``+delta``; ``measure_valued``, coupled), or any estimator of one's own
 named by an importable path ``"pkg.mod:attr"`` that supports the Gaussian posterior. Every
 ``eval_every`` steps the ELBO, the accuracy and the per-coordinate variance of the gradient
-estimator are measured on the full data set.
+estimator are measured on the full data set. With ``cost_budget > 0`` (Figure 14) the variants
+are compared at equal cost instead of equal N: each gets ``cost_budget / cost_evaluations(D)``
+samples, so every variant evaluates the log-likelihood ``cost_budget`` times per step.
 
 One jitted program per variant (and sweep value) trains all seeds at once (``vmap``) with the
 steps as a ``lax.scan``. The seeds are spread over the devices of the run's mesh
@@ -16,8 +18,9 @@ else every device runs every seed (replicated; the run says so): see :mod:`.trai
 Results: ``results.npz`` (every curve per seed, NaN for a diverged seed, ``<variant>/diverged``
 ``[S]`` flags, and ``labels``, each variant's legend label), ``finals.csv`` (each seed's final
 ELBO and accuracy, and whether it diverged), ``summary.json`` (final values over the seeds that
-did not diverge, the diverged seeds, timings), figures ``fig8``/``fig9``/``fig11``/``fig12`` (PNG
-and PDF), which ``plot(workdir)`` redraws from the saved files alone.
+did not diverge, the diverged seeds, timings), figures ``fig8`` to ``fig14`` (PNG and PDF), which
+``plot(workdir)`` redraws from the saved files alone. At equal cost the results also hold
+``num_samples`` and ``cost_evaluations`` ``[V]``, per variant in the order of ``config.variants``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,18 @@ _to_host = _mesh.to_host  # a module attribute: the sharding test records what p
 
 NUM_DATA = 569
 NUM_FEATURES = 31  # 30 standardised features and a bias column
-FIGURES = {"fig8": "", "fig9": "", "fig11": "num_samples", "fig12": "batch_size"}
+# Each figure and the sweep it needs ("" for none).
+FIGURES = {
+    "fig8": "",
+    "fig9": "",
+    "fig10": "",
+    "fig11": "num_samples",
+    "fig12": "batch_size",
+    "fig13": "",
+    "fig14": "",
+}
+# The figures that draw the gradient variance over training.
+VARIANCE_FIGURES = {"fig8", "fig9", "fig10", "fig13", "fig14"}
 SWEEPS = ("", "num_samples", "batch_size")
 
 
@@ -103,11 +117,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.figures: {fig} needs config.sweep={FIGURES[fig]!r}; got {config.sweep!r}"
             )
+    budget = cost_budget(config)
+    if budget and cv_coefficient(config) == "optimal":
+        raise ValueError(
+            'config.cost_budget needs a fixed config.cv_coefficient (e.g. "1.0"): "optimal" '
+            "spends cv_coefficient_samples more evaluations per step, which the budget does not "
+            "count"
+        )
+    if bool(budget) != ("fig14" in figures):
+        raise ValueError(
+            "config.figures: fig14 (equal cost) needs config.cost_budget > 0, and a cost budget "
+            f"is drawn only by fig14; got cost_budget={budget} and figures={figures!r}"
+        )
+    if budget and set(figures) != {"fig14"}:
+        raise ValueError(
+            f"config.figures: with config.cost_budget each variant has its own N: draw only "
+            f"fig14; got {figures!r}"
+        )
     variants = _check_variants(config)
     if "fig8" in figures and not {"score_function", "pathwise"} <= set(variants):
         raise ValueError("config.figures: fig8 needs the score_function and pathwise variants")
-    if {"fig8", "fig9"} & set(figures) and not config.variance_samples:
-        raise ValueError("config.figures: fig8 and fig9 need config.variance_samples >= 2")
+    if VARIANCE_FIGURES & set(figures) and not config.variance_samples:
+        raise ValueError(
+            f"config.figures: {', '.join(sorted(VARIANCE_FIGURES))} need "
+            "config.variance_samples >= 2"
+        )
 
 
 def _check_variants(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -123,12 +157,25 @@ def _check_variants(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     if len(set(variants)) != len(variants):
         raise ValueError(f"config.variants lists a variant twice: {variants!r}")
     posterior = lr.posterior(lr.init_params(NUM_FEATURES))
-    counts = tuple(config.sweep_values) if config.sweep == "num_samples" else (config.num_samples,)
+    budget = cost_budget(config)
     for spec in variants:
         try:
             est = estimator(config, spec)
         except (ValueError, TypeError) as e:
             raise ValueError(f"config.variants: {spec!r} is not an estimator: {e}") from None
+        if budget:
+            per_sample = est.cost_evaluations(NUM_FEATURES)
+            if budget % per_sample:
+                raise ValueError(
+                    f"config.cost_budget ({budget}) must be a multiple of every variant's "
+                    f"evaluations per sample: {spec!r} evaluates the cost {per_sample} times "
+                    "per sample"
+                )
+            counts: tuple[int, ...] = (budget // per_sample,)
+        elif config.sweep == "num_samples":
+            counts = tuple(config.sweep_values)
+        else:
+            counts = (config.num_samples,)
         if est.objective != "mean":
             raise ValueError(
                 f"config.variants: {spec!r} estimates the gradient of objective "
@@ -165,6 +212,24 @@ def _variance_samples(config: ml_collections.ConfigDict, est: GradientEstimator)
     return config.variance_samples
 
 
+def cost_budget(config: ml_collections.ConfigDict) -> int:
+    """``config.cost_budget``: log-likelihood evaluations per step at equal cost, 0 for off
+    (results saved before the key existed read as 0); else a ``ValueError``."""
+    value = config.get("cost_budget", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"config.cost_budget must be 0 (off) or an int >= 1; got {value!r}")
+    return value
+
+
+def num_samples(config: ml_collections.ConfigDict, spec: str) -> int:
+    """The samples per gradient estimate of variant ``spec`` (without a sweep): at equal cost
+    ``cost_budget / cost_evaluations(D)``, else ``config.num_samples``."""
+    budget = cost_budget(config)
+    if not budget:
+        return config.num_samples
+    return budget // estimator(config, spec).cost_evaluations(NUM_FEATURES)
+
+
 def cv_coefficient(config: ml_collections.ConfigDict) -> float | str:
     """``config.cv_coefficient`` as ``with_control_variate`` takes it: a float or ``"optimal"``.
 
@@ -195,7 +260,7 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
         steps=config.steps,
         eval_every=config.eval_every,
         batch_size=overrides.get("batch_size", config.batch_size),
-        num_samples=overrides.get("num_samples", config.num_samples),
+        num_samples=overrides.get("num_samples", config.num_samples),  # at equal cost: below
         learning_rate=float(config.learning_rate),
         eval_samples=config.eval_samples,
         variance_samples=config.variance_samples,
@@ -203,8 +268,12 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
         cv_coefficient=cv_coefficient(config),
         cv_coefficient_samples=config.cv_coefficient_samples,
     )
-    variance = _variance_samples(config, train.estimator(settings))
-    return settings._replace(variance_samples=variance)
+    est = train.estimator(settings)
+    settings = settings._replace(variance_samples=_variance_samples(config, est))
+    budget = cost_budget(config)
+    if budget:  # equal cost: cost_budget log-likelihood evaluations per step
+        settings = settings._replace(num_samples=budget // est.cost_evaluations(NUM_FEATURES))
+    return settings
 
 
 def _compile(settings: Settings, features, labels, keys, desc: str, progress: bool, seeds=None):
@@ -317,6 +386,13 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     arrays["variance_samples"] = np.asarray(
         [_settings(config, v, None).variance_samples for v in config.variants]
     )
+    if cost_budget(config):  # equal cost: each variant's N, and its evaluations per sample
+        arrays["num_samples"] = np.asarray(
+            [_settings(config, v, None).num_samples for v in config.variants]
+        )
+        arrays["cost_evaluations"] = np.asarray(
+            [estimator(config, v).cost_evaluations(NUM_FEATURES) for v in config.variants]
+        )
     summary: dict[str, Any] = {"variants": {}, "timings": {}}
     finals: dict[str, list] = {v: [] for v in config.variants}
     rows: list[str] = []
@@ -358,6 +434,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                     "run_s": round(run_s, 3),
                 }
                 final = _final(metrics, diverged, value, config.num_seeds)
+                if cost_budget(config):  # equal cost: this variant's own N
+                    final["num_samples"] = settings.num_samples
                 finals[variant].append(final)
                 kept = f"n = {final['seeds_averaged']}/{config.num_seeds}"
                 result = (

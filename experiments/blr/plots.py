@@ -1,4 +1,4 @@
-"""Figures 8, 9, 11 and 12 of Mohamed et al. (2020) from the saved arrays of a BLR run.
+"""Figures 8 to 14 of Mohamed et al. (2020) from the saved arrays of a BLR run.
 
 Every curve and point averages only the seeds that did not diverge (NaN/inf during training);
 the figures say how many seeds are behind each (``n = 3 of 5 seeds``) and how many diverged.
@@ -176,26 +176,49 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     """ELBO, accuracy and the average gradient variances over training, every variant.
 
     Each curve averages the seeds that did not diverge; the legend gives how many (n of S) and
-    how many diverged.
+    how many diverged. Figure 10 is this figure at N = 5.
     """
+    return _curves(config, arrays, stem, equal_cost=False)
+
+
+def fig14(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
+    """Fig 9's panels at equal cost: every variant evaluates the log-likelihood
+    ``config.cost_budget`` times per step, with its own N (in the legend); the variance panels
+    show the variance of the step's N-sample estimate (single-sample variance / N), the
+    quantity that matters at equal cost."""
+    return _curves(config, arrays, stem, equal_cost=True)
+
+
+def _curves(
+    config: ml_collections.ConfigDict, arrays: dict, stem: Path, *, equal_cost: bool
+) -> list[Path]:
+    """Figures 9, 10 (``equal_cost=False``) and 14 (``True``: per-variant N from the saved
+    ``num_samples``, variances divided by it)."""
     plt = _plt()
     steps = arrays["steps"]
     names, look = labels(config, arrays), looks(config.variants)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.8))
+    what = "Var of the step's N-sample estimate of" if equal_cost else "Var of"
     panels = (
         ("elbo", "ELBO (full data)", False),
         ("accuracy", "accuracy (full data)", False),
-        ("var_loc", "Var of d/d mean (average over features)", True),
-        ("var_log_scale", "Var of d/d log-scale (average over features)", True),
+        ("var_loc", f"{what} d/d mean (average over features)", True),
+        ("var_log_scale", f"{what} d/d log-scale (average over features)", True),
     )
+    if equal_cost:  # per variant, in the order of config.variants
+        own_n = dict(zip(config.variants, arrays["num_samples"].tolist(), strict=True))
     lows, tops = [], []
     for ax, (name, title, log) in zip(axes.flat, panels, strict=True):
         for variant in config.variants:
             per_seed = arrays[f"{variant}/{name}"][_ok(arrays, variant)]
             if per_seed.ndim == 3:
                 per_seed = per_seed.mean(axis=-1)
+                if equal_cost:  # single-sample variance -> variance of the N-sample mean
+                    per_seed = per_seed / own_n[variant]
             n, total = seed_counts(arrays, variant)
             label = f"{names[variant]} ({count_label(n, total)})"
+            if equal_cost:
+                label = f"{names[variant]}, N = {own_n[variant]} ({count_label(n, total)})"
             color, style = look[variant]
             _band(ax, steps, per_seed, color, label, log=log, ls=style)
             if name == "elbo" and n:
@@ -219,8 +242,14 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
     own = [f"{names[v]}: {c}" for v, c in counts.items() if c != config.variance_samples]
     mvd = f" ({'; '.join(own)})" if own else ""
     n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
+    samples = f"N = {config.num_samples} samples"
+    if equal_cost:
+        samples = (
+            f"equal cost, {config.cost_budget} log-likelihood evaluations per step "
+            "(N = that / evaluations per sample)"
+        )
     fig.suptitle(
-        f"Bayesian logistic regression: N = {config.num_samples} samples, batch "
+        f"Bayesian logistic regression: {samples}, batch "
         f"{config.batch_size}, {n_seeds} seeds per variant; line = mean over the n seeds that "
         "did not diverge (n in the legend), band = their range (none when n = 1)\n"
         f"evaluated every {config.eval_every} steps on the full data: ELBO and accuracy from "
@@ -228,6 +257,45 @@ def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
         f"delta-method coefficient {_coefficient(config)}"
         + _diverged_note(arrays, config.variants, names),
         fontsize=10,
+    )
+    fig.tight_layout()
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def fig13(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
+    """The single-sample gradient variance over training of each variant (the estimators
+    without control variates, in the paper), for the mean and the log-scale, averaged over the
+    features: geometric mean over the seeds that did not diverge, band = their range."""
+    plt = _plt()
+    steps = arrays["steps"]
+    names, look = labels(config, arrays), looks(config.variants)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    panels = (("var_loc", "d/d mean"), ("var_log_scale", "d/d log-scale"))
+    for ax, (name, title) in zip(axes, panels, strict=True):
+        for variant in config.variants:
+            per_seed = arrays[f"{variant}/{name}"][_ok(arrays, variant)].mean(axis=-1)  # [n, E]
+            n, total = seed_counts(arrays, variant)
+            color, style = look[variant]
+            label = f"{names[variant]} ({count_label(n, total)})"
+            _band(ax, steps, per_seed, color, label, log=True, ls=style)
+        ax.set_yscale("log")
+        ax.set_title(f"Var of {title} (single sample, average over features)", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("single-sample variance")
+    axes[1].legend(loc="upper right", fontsize=7.5)
+    counts = dict(zip(config.variants, arrays["variance_samples"].tolist(), strict=True))
+    samples = ", ".join(f"{names[v]} {c}" for v, c in counts.items())
+    n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
+    fig.suptitle(
+        f"Bayesian logistic regression, gradient variance without control variates: trained "
+        f"with N = {config.num_samples}, batch {config.batch_size}, {n_seeds} seeds per variant;"
+        f"\nline = geometric mean over the n seeds that did not diverge, band = their range; "
+        f"every {config.eval_every} steps on the full data from {samples} samples"
+        + _diverged_note(arrays, config.variants, names),
+        fontsize=9.5,
     )
     fig.tight_layout()
     paths = save_figure(fig, stem)
@@ -399,4 +467,12 @@ def fig12(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[P
     return _sweep(config, arrays, stem, "minibatch size", "batch size", fixed)
 
 
-DRAW = {"fig8": fig8, "fig9": fig9, "fig11": fig11, "fig12": fig12}
+DRAW = {
+    "fig8": fig8,
+    "fig9": fig9,
+    "fig10": fig9,  # Figure 9 at N = 5
+    "fig11": fig11,
+    "fig12": fig12,
+    "fig13": fig13,
+    "fig14": fig14,
+}
