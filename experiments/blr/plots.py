@@ -242,14 +242,14 @@ def _curves(
     own = [f"{names[v]}: {c}" for v, c in counts.items() if c != config.variance_samples]
     mvd = f" ({'; '.join(own)})" if own else ""
     n_seeds = arrays[f"{config.variants[0]}/elbo"].shape[0]
-    samples = f"N = {config.num_samples} samples"
+    samples = f"N = {config.num_samples} samples, "
     if equal_cost:
         samples = (
-            f"equal cost, {config.cost_budget} log-likelihood evaluations per step "
-            "(N = that / evaluations per sample)"
+            f"equal cost, {config.cost_budget} log-likelihood evaluations per step for every "
+            "variant (N = that / its evaluations per sample, in the legend);\n"
         )
     fig.suptitle(
-        f"Bayesian logistic regression: {samples}, batch "
+        f"Bayesian logistic regression: {samples}batch "
         f"{config.batch_size}, {n_seeds} seeds per variant; line = mean over the n seeds that "
         "did not diverge (n in the legend), band = their range (none when n = 1)\n"
         f"evaluated every {config.eval_every} steps on the full data: ELBO and accuracy from "
@@ -271,7 +271,7 @@ def fig13(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[P
     plt = _plt()
     steps = arrays["steps"]
     names, look = labels(config, arrays), looks(config.variants)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     panels = (("var_loc", "d/d mean"), ("var_log_scale", "d/d log-scale"))
     for ax, (name, title) in zip(axes, panels, strict=True):
         for variant in config.variants:
@@ -292,8 +292,8 @@ def fig13(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[P
     fig.suptitle(
         f"Bayesian logistic regression, gradient variance without control variates: trained "
         f"with N = {config.num_samples}, batch {config.batch_size}, {n_seeds} seeds per variant;"
-        f"\nline = geometric mean over the n seeds that did not diverge, band = their range; "
-        f"every {config.eval_every} steps on the full data from {samples} samples"
+        f"\nline = geometric mean over the n seeds that did not diverge, band = their range;"
+        f"\nevery {config.eval_every} steps on the full data from {samples} samples"
         + _diverged_note(arrays, config.variants, names),
         fontsize=9.5,
     )
