@@ -213,8 +213,8 @@ def _variance_samples(config: ml_collections.ConfigDict, est: GradientEstimator)
 
 
 def cost_budget(config: ml_collections.ConfigDict) -> int:
-    """``config.cost_budget``: log-likelihood evaluations per step at equal cost, 0 for off
-    (results saved before the key existed read as 0); else a ``ValueError``."""
+    """``config.cost_budget``: log-likelihood evaluations per step at equal cost (a key of the
+    ``fig14`` config only), 0 for off or absent; else a ``ValueError``."""
     value = config.get("cost_budget", 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"config.cost_budget must be 0 (off) or an int >= 1; got {value!r}")

@@ -52,12 +52,6 @@ def base_config() -> ml_collections.ConfigDict:
     # for some seeds (gradients of ~1e3 at initialisation); such seeds are recorded as NaN,
     # left out of the curves and named on the figure. False makes a divergence an error.
     config.allow_divergence = True
-    # > 0: compare the variants at equal cost (fig14) instead of equal N: each variant gets
-    # N = cost_budget / cost_evaluations(D) samples, so that every variant evaluates the
-    # (minibatch) log-likelihood cost_budget times per step (the measure-valued estimator 4 D =
-    # 124 times per sample: it gets 124 times fewer samples). It must be a multiple of every
-    # variant's cost_evaluations(D). 0: every variant gets num_samples.
-    config.cost_budget = 0
     config.sweep = ""  # a key to sweep ("num_samples", "batch_size") or "" for none
     config.sweep_values = ()
     config.progress = True  # one tqdm bar per variant on stderr; False: silent
