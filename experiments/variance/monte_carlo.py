@@ -599,19 +599,6 @@ class Statistics:
         self.first: tuple[dict, tuple[int, ...]] | None = None
         self.running: dict[str, Any] | None = None
 
-    @staticmethod
-    def _merged(moments: dict, chunks: tuple[int, ...]) -> dict[str, Any]:
-        n_c = np.asarray(chunks, np.float64)
-        n = n_c.sum()
-        mean_c = np.asarray(moments["mean"], np.float64)  # [R, C, D]
-        mean = np.einsum("c,rcd->rd", n_c, mean_c) / n
-        m2 = np.asarray(moments["m2"], np.float64).sum(axis=1) + np.einsum(
-            "c,rcd->rd", n_c, np.square(mean_c - mean[:, None, :])
-        )
-        h1 = np.asarray(moments["h1"], np.float64).sum(axis=1)
-        h2 = np.asarray(moments["h2"], np.float64).sum(axis=1)
-        return {"n": n, "mean": mean, "m2": m2, "h1": h1, "h2": h2}
-
     def add(self, moments: dict, chunks: tuple[int, ...]) -> None:
         """Merge one launch's per-chunk moments (``[R, C, ...]`` numpy, ``chunks`` its sizes)."""
         if self.first is None and self.running is None:
@@ -619,8 +606,8 @@ class Statistics:
             return
         if self.running is None:
             assert self.first is not None
-            self.running, self.first = self._merged(*self.first), None
-        a, b = self.running, self._merged(moments, chunks)
+            self.running, self.first = _merged_chunks(*self.first), None
+        a, b = self.running, _merged_chunks(moments, chunks)
         n = a["n"] + b["n"]
         delta = b["mean"] - a["mean"]
         self.running = {
@@ -635,11 +622,8 @@ class Statistics:
         """:func:`combine`'s ``(variance [R], standard_error [R])`` over everything added."""
         if self.first is not None:
             return combine(*self.first)
-        s = self.running
-        assert s is not None
-        n = s["n"]
-        h1, h2 = s["h1"] / n, s["h2"] / n
-        return np.mean(s["m2"] / (n - 1), axis=1), np.sqrt(np.maximum(h2 - h1**2, 0.0) / n)
+        assert self.running is not None
+        return _variance_and_se(self.running)
 
     def gradient(self) -> tuple[np.ndarray, np.ndarray]:
         """:func:`first_coordinate_mean`'s ``(mean [R], standard_error [R])``."""
@@ -757,6 +741,13 @@ def combine(moments: dict, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndar
     Returns:
       ``(variance [R], standard_error [R])``.
     """
+    return _variance_and_se(_merged_chunks(moments, chunks))
+
+
+def _merged_chunks(moments: dict, chunks: tuple[int, ...]) -> dict[str, Any]:
+    """Per-chunk moments ``[R, C, ...]`` merged over the chunks in float64 (Chan et al.):
+    ``{"n", "mean" [R, D], "m2" [R, D], "h1" [R], "h2" [R]}`` (``h1``, ``h2``: sums of ``h_i``
+    and ``h_i^2``)."""
     n_c = np.asarray(chunks, np.float64)  # [C]
     n = n_c.sum()
     mean_c = np.asarray(moments["mean"], np.float64)  # [R, C, D]
@@ -764,11 +755,17 @@ def combine(moments: dict, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndar
     m2 = np.asarray(moments["m2"], np.float64).sum(axis=1) + np.einsum(
         "c,rcd->rd", n_c, np.square(mean_c - mean[:, None, :])
     )
-    variance = np.mean(m2 / (n - 1), axis=1)
-    h1 = np.asarray(moments["h1"], np.float64).sum(axis=1) / n
-    h2 = np.asarray(moments["h2"], np.float64).sum(axis=1) / n
-    se = np.sqrt(np.maximum(h2 - np.square(h1), 0.0) / n)
-    return variance, se
+    h1 = np.asarray(moments["h1"], np.float64).sum(axis=1)
+    h2 = np.asarray(moments["h2"], np.float64).sum(axis=1)
+    return {"n": n, "mean": mean, "m2": m2, "h1": h1, "h2": h2}
+
+
+def _variance_and_se(merged: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(variance [R], standard_error [R])`` of merged moments (see :func:`combine`)."""
+    n = merged["n"]
+    variance = np.mean(merged["m2"] / (n - 1), axis=1)
+    h1, h2 = merged["h1"] / n, merged["h2"] / n
+    return variance, np.sqrt(np.maximum(h2 - np.square(h1), 0.0) / n)
 
 
 def first_coordinate_mean(moments: dict, chunks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
