@@ -40,7 +40,13 @@ PLACEMENT_PREFIXES = ("mesh.",)
 # Keys added to a runner's config after runs were saved without them, with the value that gives
 # the behaviour those runs had: a saved config lacking one reads as holding that value, so such
 # a run still resumes and still counts as finished (the VAE's num_seeds, issue 14).
-ADDED_KEYS: dict[str, Any] = {"num_seeds": 1}
+ADDED_KEYS: dict[str, Any] = {
+    "num_seeds": 1,
+    # The VAE's optimiser and sample averaging (issue 16, Burda et al.'s settings).
+    "lr_schedule": "constant",
+    "adam_eps": 1e-8,
+    "average_samples": False,
+}
 
 
 def _umask() -> int:

@@ -126,9 +126,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.ll_num_samples={config.ll_num_samples} must be a multiple of "
             f"config.ll_chunk_size={config.ll_chunk_size}"
         )
-    for key in ("learning_rate", "baseline_learning_rate"):
-        if not config[key] > 0:
+    for key in ("learning_rate", "baseline_learning_rate", "adam_eps"):
+        if key in config and not config[key] > 0:
             raise ValueError(f"config.{key} must be > 0; got {config[key]}")
+    if config.get("lr_schedule", "constant") not in ("constant", "burda"):
+        raise ValueError(
+            f"config.lr_schedule must be 'constant' or 'burda'; got {config.lr_schedule!r}"
+        )
+    if not isinstance(config.get("average_samples", False), bool):
+        raise ValueError(
+            f"config.average_samples must be true or false; got {config.average_samples!r}"
+        )
     make_mesh(config)
 
 
@@ -208,7 +216,7 @@ def init_run(
     """The ``Setup`` and the initial training state of ``config`` (the seed's key, tag 0):
     the state every run of this config starts from, and the one a resume is matched against."""
     pieces, state = train.init_state(
-        config, data_dim, jax.random.fold_in(jax.random.key(config.seed), 0)
+        config, data_dim, jax.random.fold_in(jax.random.key(config.seed), 0), num_batches
     )
     setup = train.Setup(
         estimator=config.estimator,

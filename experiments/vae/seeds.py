@@ -115,7 +115,11 @@ def init_seeds(
     # The seeds' setups differ only in initial values, which the state holds.
     setup, _ = vae.init_run(seed_config(config, seeds[0]), data_dim, num_batches)
     keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in seeds])
-    states = jax.jit(jax.vmap(lambda k: train.init_state(config, data_dim, k)[1]))(keys)
+
+    def init(k: jax.Array) -> PyTree:
+        return train.init_state(config, data_dim, k, num_batches)[1]
+
+    states = jax.jit(jax.vmap(init))(keys)
     return setup, states
 
 

@@ -41,7 +41,7 @@ import estimators
 import models
 
 from .. import _mesh
-from .config import RENAMED
+from .config import BURDA_STAGES, RENAMED
 
 Array = jax.Array
 PyTree = Any
@@ -106,13 +106,48 @@ def make_estimator(
 
 
 def num_samples(config: ml_collections.ConfigDict, est: estimators.GradientEstimator) -> int:
-    """``K``: ``config.num_samples`` for an estimator that uses its samples jointly, else 1."""
-    return int(config.num_samples) if est.multi_sample else 1
+    """``K``: ``config.num_samples`` for an estimator that uses its samples jointly, or for any
+    estimator when ``config.average_samples`` (K independent estimates averaged), else 1."""
+    if est.multi_sample or config.get("average_samples", False):
+        return int(config.num_samples)
+    return 1
 
 
-def init_state(config, data_dim: int, key: Array) -> tuple[dict[str, Any], PyTree]:
+def learning_rate(
+    config: ml_collections.ConfigDict, steps_per_epoch: int | None
+) -> float | optax.Schedule:
+    """``config.learning_rate``, or for ``config.lr_schedule == "burda"`` the step schedule of
+    Burda et al. (2016): stage ``i = 0, 1, ...`` lasts ``3^i`` epochs of ``steps_per_epoch``
+    steps at ``learning_rate * 10^(-i/7)``; the last of ``experiments.vae.config.BURDA_STAGES``
+    stages' rate holds past its end."""
+    schedule = config.get("lr_schedule", "constant")
+    if schedule == "constant":
+        return float(config.learning_rate)
+    if schedule != "burda":
+        raise ValueError(f"config.lr_schedule must be 'constant' or 'burda'; got {schedule!r}")
+    if steps_per_epoch is None or steps_per_epoch < 1:
+        raise ValueError(f"the 'burda' schedule needs steps_per_epoch >= 1; got {steps_per_epoch}")
+    ends = np.cumsum([3**i for i in range(BURDA_STAGES - 1)]) * steps_per_epoch
+    return optax.piecewise_constant_schedule(
+        float(config.learning_rate), {int(b): 10.0 ** (-1 / 7) for b in ends}
+    )
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int | None = None
+) -> optax.GradientTransformation:
+    """Adam at :func:`learning_rate` (``config.lr_schedule``) with ``eps = config.adam_eps``."""
+    return optax.adam(
+        learning_rate(config, steps_per_epoch), eps=float(config.get("adam_eps", 1e-8))
+    )
+
+
+def init_state(
+    config, data_dim: int, key: Array, steps_per_epoch: int | None = None
+) -> tuple[dict[str, Any], PyTree]:
     """The ``Setup`` pieces ``{"est", "graphdef", "optimizer"}`` and the initial training state
-    ``{"params", "opt", "estimator", "step"}`` (``"estimator"``: ``est.init()``)."""
+    ``{"params", "opt", "estimator", "step"}`` (``"estimator"``: ``est.init()``);
+    ``steps_per_epoch`` times a learning-rate schedule (:func:`learning_rate`)."""
     k_model, k_base = jax.random.split(key)
 
     def build_module(k):
@@ -126,7 +161,7 @@ def init_state(config, data_dim: int, key: Array) -> tuple[dict[str, Any], PyTre
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_module(k_model)))
     params = jax.jit(lambda k: nnx.split(build_module(k))[1])(k_model)  # one compilation
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = make_optimizer(config, steps_per_epoch)
     est = make_estimator(config, _baseline_network(config, data_dim, k_base))
     state = {
         "params": params,
