@@ -46,6 +46,8 @@ ADDED_KEYS: dict[str, Any] = {
     "lr_schedule": "constant",
     "adam_eps": 1e-8,
     "average_samples": False,
+    # The BLR's step-size decay: the runs before issue 16 used optax's half cosine.
+    "lr_decay": "cosine",
 }
 
 

@@ -136,6 +136,7 @@ def test_all_variants_through_runner(tmp_path):
         ("cv_coefficient=optimum", "cv_coefficient"),
         ("cv_coefficient=nan", "cv_coefficient"),
         ("cv_coefficient_samples=1", "cv_coefficient_samples"),
+        ("lr_decay=linear", "lr_decay"),
     ],
 )
 def test_bad_values_rejected_before_writing(override, message, tmp_path):
@@ -145,6 +146,35 @@ def test_bad_values_rejected_before_writing(override, message, tmp_path):
         experiments.run_experiment(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_learning_rate_decays_as_the_papers_code():
+    """The paper's code (mc_gradients/main.py) multiplies the rate by cos(pi/2 * t / T); the
+    runs before issue 16 used optax's half cosine, which a saved config without the key reads
+    as (so such a run is not taken for a run of the paper's schedule)."""
+    config = experiments.load_config("fig9")
+    assert config.lr_decay == "quarter_cosine"
+    steps, rate = config.steps, config.learning_rate
+    t = np.array([0, 1, 1250, 2500, 3750, 4999, 5000, 6000])
+    base = blr_train.Settings("pathwise", steps, 10, 32, 50, rate, 10, 0, 0.99, 1.0)
+    quarter = np.asarray(jax.vmap(blr_train.learning_rate(base))(jnp.asarray(t)))
+    want = rate * np.cos(np.pi / 2 * np.minimum(t, steps) / steps)
+    # float32: cos's argument is rounded by ~2^-24 * pi/2 (absolute), its value by 2^-24.
+    atol = rate * 2.0**-22
+    np.testing.assert_allclose(quarter, want, rtol=1e-6, atol=atol)
+    assert (quarter >= 0).all()
+    assert quarter[3] == pytest.approx(rate / np.sqrt(2), rel=1e-6)  # t = T / 2
+    half = np.asarray(jax.vmap(blr_train.learning_rate(base._replace(lr_decay="cosine")))(t))
+    np.testing.assert_allclose(
+        half, rate * (1 + np.cos(np.pi * np.minimum(t, steps) / steps)) / 2, rtol=1e-6, atol=atol
+    )
+    assert abs(half[3] - quarter[3]) > 0.2 * rate  # they differ mid-run: 0.5 vs 0.71
+    assert blr._settings(config, "pathwise", None).lr_decay == "quarter_cosine"
+    from experiments._workdir import config_differences
+
+    saved = config.to_dict()
+    del saved["lr_decay"]
+    assert config_differences(saved, config.to_dict()) == {"lr_decay": ("cosine", "quarter_cosine")}
 
 
 def test_bad_sweep_values_rejected():

@@ -91,6 +91,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     rate = config.learning_rate
     if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
         raise ValueError(f"config.learning_rate must be a finite number > 0; got {rate!r}")
+    if config.get("lr_decay", "cosine") not in train.LR_DECAYS:
+        raise ValueError(
+            f"config.lr_decay must be one of {train.LR_DECAYS}; got {config.lr_decay!r}"
+        )
     decay = config.moving_average_decay
     if not (isinstance(decay, int | float) and 0 <= decay < 1):
         raise ValueError(f"config.moving_average_decay must be in [0, 1); got {decay!r}")
@@ -267,6 +271,7 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
         moving_average_decay=float(config.moving_average_decay),
         cv_coefficient=cv_coefficient(config),
         cv_coefficient_samples=config.cv_coefficient_samples,
+        lr_decay=str(config.get("lr_decay", "cosine")),
     )
     est = train.estimator(settings)
     settings = settings._replace(variance_samples=_variance_samples(config, est))

@@ -57,6 +57,7 @@ class Settings(NamedTuple):
     moving_average_decay: float
     cv_coefficient: float | str  # a float, or "optimal" (estimated from separate samples)
     cv_coefficient_samples: int = 25  # samples for "optimal"
+    lr_decay: str = "quarter_cosine"  # or "cosine" (see :func:`learning_rate`)
 
 
 class Carry(NamedTuple):
@@ -139,9 +140,33 @@ def single_sample_variance(
     return {"var_loc": var["loc"], "var_log_scale": var["log_scale"]}
 
 
+LR_DECAYS = ("quarter_cosine", "cosine")
+
+
+def learning_rate(settings: Settings) -> optax.Schedule:
+    r"""The step size at step ``t`` of ``T = settings.steps``, decaying to 0 at ``T``:
+
+    - ``"quarter_cosine"``, the paper's code (``mc_gradients/main.py``): :math:`\eta_0
+      \cos(\frac{\pi}{2} t / T)`;
+    - ``"cosine"``, optax's ``cosine_decay_schedule`` (runs of this project before issue 16):
+      :math:`\eta_0 \frac12 (1 + \cos(\pi t / T))`.
+    """
+    rate, steps = settings.learning_rate, settings.steps
+    if settings.lr_decay == "cosine":
+        return optax.cosine_decay_schedule(rate, steps)
+    if settings.lr_decay != "quarter_cosine":
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}; got {settings.lr_decay!r}")
+
+    def schedule(count: Array) -> Array:
+        # float32's cos(pi/2) is -4e-8: clipped, the step size never turns negative.
+        return rate * jnp.maximum(jnp.cos(0.5 * jnp.pi * jnp.minimum(count, steps) / steps), 0.0)
+
+    return schedule
+
+
 def optimizer(settings: Settings) -> optax.GradientTransformation:
-    """Plain SGD, learning rate with cosine decay to 0 over the training steps."""
-    return optax.sgd(optax.cosine_decay_schedule(settings.learning_rate, settings.steps))
+    """Plain SGD at :func:`learning_rate` (``settings.lr_decay``)."""
+    return optax.sgd(learning_rate(settings))
 
 
 def _train_step(
