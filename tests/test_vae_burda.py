@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from experiments import _config as cfg
-from experiments import run_experiment
+from experiments import run_experiment, vae
 from experiments.vae import config as vae_config
 from experiments.vae import train
 
@@ -75,16 +75,7 @@ def _example_losses(name: str, overrides: list[str], num_keys: int) -> np.ndarra
     under ``num_keys`` keys, for config ``name`` at a tiny size."""
     config = cfg.load_config(name)
     cfg.apply_overrides(config, ["hidden=(8, 8)", "latent_dim=3", *overrides])
-    pieces, state = train.init_state(config, 16, jax.random.key(0), steps_per_epoch=1)
-    k = train.num_samples(config, pieces["est"])
-    setup = train.Setup(
-        estimator=config.estimator,
-        num_samples=k,
-        batch_size=1,
-        num_batches=1,
-        dynamic=True,
-        **pieces,
-    )
+    setup, state = vae.init_run(config, 16, num_batches=1)
     model = nnx.merge(setup.graphdef, state["params"])
     x = (jnp.arange(16) % 3 == 0).astype(jnp.float32)
 
@@ -152,9 +143,7 @@ def test_table1_config_runs_at_a_tiny_size(tmp_path, small_idx_dir, name):
     assert np.isfinite(results["test_log_likelihood"])
 
 
-def test_bad_schedule_values_are_named(tmp_path):
-    from experiments import vae
-
+def test_bad_schedule_values_are_named():
     for override, key in [
         ("lr_schedule=cosine", "lr_schedule"),
         ("adam_eps=0.0", "adam_eps"),

@@ -225,15 +225,6 @@ def cost_budget(config: ml_collections.ConfigDict) -> int:
     return value
 
 
-def num_samples(config: ml_collections.ConfigDict, spec: str) -> int:
-    """The samples per gradient estimate of variant ``spec`` (without a sweep): at equal cost
-    ``cost_budget / cost_evaluations(D)``, else ``config.num_samples``."""
-    budget = cost_budget(config)
-    if not budget:
-        return config.num_samples
-    return budget // estimator(config, spec).cost_evaluations(NUM_FEATURES)
-
-
 def cv_coefficient(config: ml_collections.ConfigDict) -> float | str:
     """``config.cv_coefficient`` as ``with_control_variate`` takes it: a float or ``"optimal"``.
 
@@ -264,7 +255,7 @@ def _settings(config: ml_collections.ConfigDict, variant: str, value: int | None
         steps=config.steps,
         eval_every=config.eval_every,
         batch_size=overrides.get("batch_size", config.batch_size),
-        num_samples=overrides.get("num_samples", config.num_samples),  # at equal cost: below
+        num_samples=overrides.get("num_samples", config.num_samples),  # equal cost: below
         learning_rate=float(config.learning_rate),
         eval_samples=config.eval_samples,
         variance_samples=config.variance_samples,

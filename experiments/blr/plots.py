@@ -10,6 +10,7 @@ no band or error bar, and no line through it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -36,6 +37,14 @@ OLD_NAMES = {
     "score_function_delta": "score_function+delta",
     "pathwise_delta": "pathwise+delta",
 }
+
+
+def _save(fig: Any, stem: Path) -> list[Path]:
+    """Lay out ``fig``, save it as ``stem``.png/.pdf, close it; the written paths."""
+    fig.tight_layout()
+    paths = save_figure(fig, stem)
+    _plt().close(fig)
+    return paths
 
 
 def looks(variants) -> dict[str, tuple[str, str]]:
@@ -166,10 +175,7 @@ def fig8(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Pa
         + _diverged_note(arrays, ("score_function", "pathwise"), names),
         fontsize=10,
     )
-    fig.tight_layout()
-    paths = save_figure(fig, stem)
-    plt.close(fig)
-    return paths
+    return _save(fig, stem)
 
 
 def fig9(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
@@ -258,10 +264,7 @@ def _curves(
         + _diverged_note(arrays, config.variants, names),
         fontsize=10,
     )
-    fig.tight_layout()
-    paths = save_figure(fig, stem)
-    plt.close(fig)
-    return paths
+    return _save(fig, stem)
 
 
 def fig13(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:
@@ -297,10 +300,7 @@ def fig13(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[P
         + _diverged_note(arrays, config.variants, names),
         fontsize=9.5,
     )
-    fig.tight_layout()
-    paths = save_figure(fig, stem)
-    plt.close(fig)
-    return paths
+    return _save(fig, stem)
 
 
 def sweep_statistics(finals: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
@@ -448,10 +448,7 @@ def _sweep(config, arrays, stem: Path, xlabel: str, swept: str, fixed: str) -> l
     ax_div.set_ylabel(f"diverged\n(of {total})", fontsize=8)
     ax_div.set_xlabel(xlabel)
     ax_div.grid(alpha=0.3)
-    fig.tight_layout()
-    paths = save_figure(fig, stem)
-    plt.close(fig)
-    return paths
+    return _save(fig, stem)
 
 
 def fig11(config: ml_collections.ConfigDict, arrays: dict, stem: Path) -> list[Path]:

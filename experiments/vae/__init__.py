@@ -133,10 +133,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.lr_schedule must be 'constant' or 'burda'; got {config.lr_schedule!r}"
         )
-    if not isinstance(config.get("average_samples", False), bool):
-        raise ValueError(
-            f"config.average_samples must be true or false; got {config.average_samples!r}"
-        )
     make_mesh(config)
 
 
