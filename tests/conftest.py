@@ -17,6 +17,21 @@ import pytest
 
 from tests import _mnist
 
+# The suite compiles hundreds of small programs and runs each once or a few times: LLVM at
+# optimisation level 1 instead of XLA's default 2 compiles them faster (the whole suite, 2
+# workers: 700 s against 826 s; tests/test_binary_vae.py alone 103 s of CPU against 135 s), the
+# choice the variance runner makes for its own programs on the CPU
+# (experiments.variance.monte_carlo.CPU_COMPILER_OPTIONS). The level changes code generation,
+# not float semantics (no fast math either way), so results move by float32 rounding where
+# operations are contracted or ordered differently (hence jit-vs-eager bounds in ulps of the
+# compared values' scale). Set before any
+# backend starts, so this process and the subprocesses the tests start (they inherit XLA_FLAGS)
+# compile alike; a user's own choice of the level is kept.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
+    ).strip()
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # The tests compare float32 arithmetic with closed forms and with itself (jit == eager): on a
 # GPU, JAX's default lets float32 matmuls run in TF32 (10-bit mantissa), which moved jit-vs-eager

@@ -829,7 +829,12 @@ def test_drop_ins_eager_equals_jit_and_return_types(container):
         assert type(jitted) is type(eager), name
         assert [j.shape for j in eager] == [(n, 3), (n, 3)]
         for a, b in zip(eager, jitted, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+            # jit fuses and reorders float32 operations, eager does not: an entry that is a
+            # difference of larger terms (the control variate's correction) moves by a few
+            # ulps of those terms, not of itself (seen: 1.7e-6 at 0.064 in an array reaching
+            # 1.36, with LLVM at optimisation level 1). atol: 64 float32 ulps of the largest.
+            atol = 64 * np.finfo(np.float32).eps * float(np.max(np.abs(b)))
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
 
 
 # --------------------------------------------------------------------------------------------
