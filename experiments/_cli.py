@@ -19,6 +19,10 @@ SIGTERM (what a batch scheduler or ``timeout`` sends) stops a run the way Ctrl-C
 training run saves its checkpoint and the command prints how to resume it; a one-shot run
 removes its staging folder. The exit status is 143 (128 + 15) after SIGTERM, 130 after Ctrl-C.
 
+``reproduce`` of several one-shot configs draws each one's figures in a second process while the
+next one computes (``experiments._drawing``); a run's folder is put in place once its figures
+are drawn. ``MCGRAD_BACKGROUND_DRAWING=0`` draws them in turn, in the one process.
+
 ``run`` and ``reproduce`` join a multi-process JAX job (``jax.distributed``) when one is named:
 ``--coordinator-address HOST:PORT --num-processes N --process-id I`` on every process, or a
 cluster JAX detects (SLURM under ``srun``, Open MPI, TPU pods); ``--no-distributed`` keeps a
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import platform
 import shlex
 import signal
@@ -44,7 +49,7 @@ from typing import Any
 
 import ml_collections
 
-from . import _compilation_cache, _config, _distributed, _workdir
+from . import _compilation_cache, _config, _distributed, _drawing, _workdir
 
 
 class Terminated(KeyboardInterrupt):
@@ -164,6 +169,9 @@ def run_experiment(
     if resume:
         raise _config.ConfigError(f"runner {config.runner!r} is not resumable; drop --resume")
     start = time.perf_counter()
+    background = _drawing.active()
+    if background is not None and _distributed.is_writer() and not _distributed.is_multiprocess():
+        return _run_drawing_in_background(runner, config, resolved, workdir, background, start)
     staging = (
         _workdir.staged(workdir)
         if _distributed.is_writer()
@@ -173,6 +181,36 @@ def run_experiment(
         _workdir.write_json(stage / "config.json", resolved)
         results = runner.run(config, stage)
         _workdir.write_json(stage / "run_info.json", _run_info(time.perf_counter() - start))
+    return results
+
+
+def _run_drawing_in_background(
+    runner: ModuleType,
+    config: ml_collections.ConfigDict,
+    resolved: dict[str, Any],
+    workdir: Path,
+    background: _drawing.Background,
+    start: float,
+) -> dict[str, Any]:
+    """A one-shot run whose figures the background worker draws (``reproduce``): computed in a
+    staging folder, which ``background`` puts in place of ``workdir`` once the drawings are
+    done (``run_info.json``'s wall time: computing plus drawing)."""
+    stage = _workdir.new_stage(workdir)
+    try:
+        _workdir.write_json(stage / "config.json", resolved)
+        results = runner.run(config, stage)
+    except BaseException:
+        background.forget(stage)
+        _workdir.discard(stage)
+        raise
+    computed = time.perf_counter() - start
+
+    def commit(draw_seconds: float) -> None:
+        _workdir.write_json(stage / "run_info.json", _run_info(computed + draw_seconds))
+        _workdir.commit_stage(stage, workdir)
+
+    if not background.defer(stage, commit, lambda: _workdir.discard(stage), str(workdir)):
+        commit(0.0)  # the runner drew nothing
     return results
 
 
@@ -403,7 +441,8 @@ def _interrupted(argv: list[str], args: argparse.Namespace, error: KeyboardInter
 
 
 def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
-    names = args.configs or [f"fig{i}" for i in range(2, 8)]
+    # A config named twice runs once (its workdir is one).
+    names = list(dict.fromkeys(args.configs or [f"fig{i}" for i in range(2, 8)]))
     # Load and check them all first: bad input fails before any run. In a multi-process run
     # process 0 decides which to run, for all.
     chosen = _distributed.agree(lambda: _reproduce_which(args, overrides, names), AGREED_ERRORS)
@@ -413,14 +452,40 @@ def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
         _config.apply_overrides(config, overrides)
         configs.append((name, config))
     start = time.perf_counter()
-    for name, config in configs:
-        workdir = Path(args.outdir) / name
-        run_experiment(config, workdir, overwrite=args.overwrite)
-        if _distributed.is_writer():
-            print(f"{name}: results in {workdir.resolve()}")
+    workdirs = {str((Path(args.outdir) / name).resolve()): name for name, _ in configs}
+
+    def report(done: list[str]) -> None:
+        for workdir in done:
+            print(f"{workdirs[workdir]}: results in {workdir}")
+
+    with _background_drawing(configs) as background:
+        for name, config in configs:
+            workdir = Path(args.outdir) / name
+            run_experiment(config, workdir, overwrite=args.overwrite)
+            if background is not None:
+                report(background.settle())  # the earlier runs whose figures are drawn
+            elif _distributed.is_writer():
+                print(f"{name}: results in {workdir.resolve()}")
+        if background is not None:
+            report(background.settle(block=True))
     if _distributed.is_writer():
         print(f"reproduced {len(configs)} configs in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _background_drawing(
+    configs: list[tuple[str, ml_collections.ConfigDict]],
+) -> contextlib.AbstractContextManager[_drawing.Background | None]:
+    """Figures drawn in a second process while the next config computes (``_drawing``), for
+    several configs in one process; ``MCGRAD_BACKGROUND_DRAWING=0`` draws them in turn."""
+    if (
+        len(configs) < 2
+        or _distributed.is_multiprocess()
+        or os.environ.get("MCGRAD_BACKGROUND_DRAWING", "1") == "0"
+    ):
+        return contextlib.nullcontext()
+    modules = tuple(dict.fromkeys(runner_module(config).__name__ for _, config in configs))
+    return _drawing.background(modules)
 
 
 def _reproduce_which(args: argparse.Namespace, overrides: list[str], names: list[str]) -> list[str]:

@@ -236,15 +236,31 @@ def staged(workdir: Path) -> Iterator[Path]:
 
     The previous content of ``workdir`` (if any) is deleted only after the new one is in place.
     """
+    stage = new_stage(workdir)
+    try:
+        yield stage
+    except BaseException:
+        discard(stage)
+        raise
+    commit_stage(stage, workdir)
+
+
+def new_stage(workdir: Path) -> Path:
+    """A fresh, empty staging folder beside ``workdir`` (``.<name>.partial-*``)."""
     workdir = Path(workdir).resolve()
     workdir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.partial-", dir=workdir.parent))
     try:
         os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it 0700; it becomes the workdir
-        yield stage
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        discard(stage)
         raise
+    return stage
+
+
+def commit_stage(stage: Path, workdir: Path) -> None:
+    """Put the staging folder ``stage`` in place of ``workdir``; the old one is deleted after."""
+    workdir = Path(workdir).resolve()
     old = None
     if workdir.exists():
         old = _unused(
@@ -256,7 +272,7 @@ def staged(workdir: Path) -> Iterator[Path]:
     except BaseException:
         if old is not None:
             os.replace(old, workdir)
-        shutil.rmtree(stage, ignore_errors=True)
+        discard(stage)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -281,7 +297,7 @@ def set_aside(workdir: Path) -> Path:
 
 
 def discard(path: Path) -> None:
-    """Remove a set-aside workdir."""
+    """Remove a set-aside workdir or a staging folder."""
     shutil.rmtree(path, ignore_errors=True)
 
 

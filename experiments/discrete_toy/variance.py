@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from .. import _drawing
 from .._workdir import atomic_write_text, read_json, save_figure, write_json
 from . import _common, exact, measure
 
@@ -211,7 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     writer.writeheader()
     writer.writerows(points)
     atomic_write_text(Path(workdir) / "results.csv", buf.getvalue())
-    plot(workdir)
+    _drawing.draw(plot, workdir)  # in a second process under `reproduce`
     return results
 
 

@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from .. import _mesh
+from .. import _drawing, _mesh
 from .._workdir import atomic_write_text, read_json, save_figure, write_json
 from . import exact as quadrature
 from . import monte_carlo, problems
@@ -392,7 +392,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     writer.writeheader()
     writer.writerows(points)
     atomic_write_text(workdir / "results.csv", buf.getvalue())
-    plot(workdir)
+    _drawing.draw(plot, workdir)  # in a second process under `reproduce`
     return results
 
 
