@@ -17,6 +17,7 @@ alone (every runner's ``plot`` is: it redraws from saved results).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib
 import multiprocessing
@@ -81,9 +82,10 @@ class Background:
         self.queued.setdefault(Path(workdir).resolve(), []).append(future)
 
     def forget(self, workdir: Path) -> None:
-        """Cancel the drawings queued for ``workdir`` (its run failed)."""
-        for future in self.queued.pop(Path(workdir).resolve(), []):
-            future.cancel()
+        """Cancel the drawings queued for ``workdir`` (its run failed), and wait for one already
+        running, so that it cannot write into the folder after the caller removed it."""
+        running = [f for f in self.queued.pop(Path(workdir).resolve(), []) if not f.cancel()]
+        concurrent.futures.wait(running)
 
     def defer(
         self,

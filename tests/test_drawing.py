@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ TINY = [  # fig6 and fig7 share these keys (their costs)
 
 PLOTS = """
 import os
+import time
 from pathlib import Path
 
 
@@ -34,6 +36,12 @@ def plot(workdir):
 
 def broken(workdir):
     raise RuntimeError("the drawing broke")
+
+
+def slow(workdir):  # as save_figure does, it makes the folder it writes into
+    time.sleep(0.5)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / "late.txt").write_text("late")
 """
 
 
@@ -127,6 +135,20 @@ def test_an_interrupt_discards_the_runs_not_yet_committed(tmp_path, user_plots):
     assert (out / "first" / "drawn_by.txt").is_file()
     assert not (out / "second").exists()
     assert _leftovers(out) == []
+
+
+def test_a_failed_run_waits_for_its_running_drawing_before_its_folder_goes(tmp_path, user_plots):
+    with _drawing.background() as background:
+        _deferred_run(background, tmp_path, "warm", user_plots.plot)  # the worker is up
+        assert background.settle(block=True) == ["warm"]
+        stage = _workdir.new_stage(tmp_path / "failed")
+        _drawing.draw(user_plots.slow, stage)
+        time.sleep(0.2)  # handed to the worker: no longer cancellable
+        background.forget(stage)
+        _workdir.discard(stage)
+        time.sleep(0.6)
+        assert not stage.exists()  # the drawing finished before the folder was removed
+    assert _leftovers(tmp_path) == []
 
 
 def test_only_module_level_functions_are_drawn_in_the_background(tmp_path):
