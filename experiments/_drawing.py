@@ -106,18 +106,11 @@ class Background:
         ``block``); returns their labels. A failed drawing discards its run and raises."""
         done = []
         while self.waiting:
-            first = self.waiting[0]
-            if not block and not all(f.done() for f in first.drawings):
+            if not block and not all(f.done() for f in self.waiting[0].drawings):
                 break
-            try:
-                seconds = sum(f.result() for f in first.drawings)
-            except BaseException:
-                self.waiting.pop(0)
-                first.discard()
-                raise
-            self.waiting.pop(0)
-            try:
-                first.commit(seconds)
+            first = self.waiting.pop(0)
+            try:  # a failed drawing raises here, a failed commit below: either way, discard
+                first.commit(sum(f.result() for f in first.drawings))
             except BaseException:
                 first.discard()
                 raise

@@ -24,9 +24,8 @@ from tests import _mnist
 # (experiments.variance.monte_carlo.CPU_COMPILER_OPTIONS). The level changes code generation,
 # not float semantics (no fast math either way), so results move by float32 rounding where
 # operations are contracted or ordered differently (hence jit-vs-eager bounds in ulps of the
-# compared values' scale). Set before any
-# backend starts, so this process and the subprocesses the tests start (they inherit XLA_FLAGS)
-# compile alike; a user's own choice of the level is kept.
+# compared values' scale). Set before any backend starts, so this process and the subprocesses
+# the tests start (they inherit XLA_FLAGS) compile alike; a user's own choice of the level is kept.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
