@@ -50,6 +50,7 @@ from ._distributions import Distribution as Distribution
 from ._distributions import Gamma as Gamma
 from ._distributions import Normal as Normal
 from ._distributions import WeakDerivativeTerm as WeakDerivativeTerm
+from ._distributions import softplus as softplus
 from ._interface import EstimateBatch as EstimateBatch
 from ._interface import EstimateInputs as EstimateInputs
 from ._interface import GradientEstimator as GradientEstimator

@@ -34,7 +34,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "elu": jax.nn.elu,
-    "softplus": jax.nn.softplus,
+    "softplus": estimators.softplus,
     "gelu": jax.nn.gelu,
     "leaky_relu": leaky_relu,
 }
@@ -205,7 +205,7 @@ def posterior(params: dict[str, Array]) -> estimators.Normal:
 
 def bernoulli_log_likelihood(logits: Array, x: Array) -> Array:
     """``log p(x|z) = sum_d x_d l_d - softplus(l_d)``: ``logits, x: [D] -> []``."""
-    return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+    return jnp.sum(x * logits - estimators.softplus(logits), axis=-1)
 
 
 def standard_normal_log_prob(z: Array) -> Array:

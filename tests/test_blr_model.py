@@ -58,13 +58,6 @@ def test_data_standardised_with_bias(data):
     assert np.all(features[:, 30] == 1.0) and set(np.unique(labels)) == {0.0, 1.0}
 
 
-def test_softplus_matches_jax():
-    z = jnp.linspace(-80.0, 80.0, 10_001)
-    value, grad = jax.jit(jax.vmap(jax.value_and_grad(lr.softplus)))(z)
-    np.testing.assert_allclose(value, jax.nn.softplus(z), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(grad, jax.nn.sigmoid(z), rtol=1e-6, atol=1e-7)
-
-
 def test_kl_closed_form_against_monte_carlo():
     """KL(q || N(0, I)) = E_q[log q(w) - log p(w)], 200k samples, within z SE (one check)."""
     params = fixed_posterior(31, -0.7)
