@@ -11,6 +11,7 @@ fixed seed; the same check rejects a curve 25% off. Then redrawing, and bad inpu
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -305,7 +306,7 @@ SMALL = {
     "fig2": ["grid.quadratic.num=14"],
     "fig3": ["grid.exp_quadratic.num=7", "grid.cosine.num=7"],
     "fig4": ["dims=(1, 4)"],
-    "fig5": ["dims=(1, 3)"],
+    "fig5": ["dims=(1, 3, 20)"],  # 20: the O(1) replaced evaluations (COORDINATE_COSTS_FROM_DIM)
     "fig6": ["grid.quadratic.num=7", "grid.exp_quadratic.num=7"],
     "fig7": ["grid.quadratic.num=7", "grid.exp_quadratic.num=7"],
 }
@@ -543,6 +544,65 @@ def test_unused_terms_stay_finite_for_negative_k():
     x = jnp.asarray([9.0], jnp.float32)
     assert float(f(x)) == pytest.approx(144.0)
     assert float(jax.grad(f)(x)[0]) == pytest.approx(24.0)
+
+
+def _replaced_errors(replaced) -> np.ndarray:
+    """``replaced(x, values, w, k, a)`` in float32 against ``f(x with x_d = values[p, d])``
+    in float64, every term at once, D = 40, P = 4, over 20 random draws: the errors divided by
+    (D + 8) float32 ulps of ``S = |a| + sum_d |phi(x_d)| + max_p |phi(values[p, d])|``. The
+    float32 sums over D coordinates (and the subtraction of phi(x_d)) round at most D + 2
+    times to within S's ulp, and each phi(term) carries a few ulps of its own terms (exp, cos:
+    about 1 ulp each, weights and powers 1-4 more): an error within (D + 8) u S is rounding."""
+    from experiments.variance.costs import TERMS
+
+    rng = np.random.default_rng(5)
+    worst = []
+    for _ in range(20):
+        x = rng.normal(2.0, 1.5, 40).astype(np.float32)
+        values = rng.normal(2.0, 1.5, (4, 40)).astype(np.float32)
+        w = rng.normal(0.0, 1.0, len(TERMS)).astype(np.float32)
+        k, a = np.float32(rng.uniform(0.2, 2.0)), np.float32(rng.normal(0.0, 50.0))
+
+        def phi(v, w=w, k=k):  # float64
+            return sum(w[i] * term(t, np, v, np.float64(k)) for i, t in enumerate(TERMS))
+
+        x64, v64 = x.astype(np.float64), values.astype(np.float64)
+        phi_x = phi(x64)
+        exact = a + phi_x.sum() - phi_x[None] + phi(v64)
+        got = np.asarray(replaced(*map(jnp.asarray, (x, values, w, k, a))), np.float64)
+        scale = abs(float(a)) + np.abs(phi_x).sum() + np.abs(phi(v64)).max(0)
+        worst.append(np.max(np.abs(got - exact) / ((40 + 8) * 2.0**-24 * scale)))
+    return np.asarray(worst)
+
+
+def test_replaced_coordinate_costs_are_the_cost_at_each_replaced_sample():
+    """``costs.separable_coordinate_costs`` (the O(1) evaluation at a replaced coordinate that
+    the runner gives the measure-valued estimator from COORDINATE_COSTS_FROM_DIM) against the
+    float64 cost evaluated at every replaced sample, within its rounding bound
+    (``_replaced_errors``); the plain float32 evaluation of ``separable_cost`` at each replaced
+    sample meets the same bound. Companion: an evaluator that forgets to remove the replaced
+    coordinate's own term is off by |phi(x_d)|, far outside it."""
+    from experiments.variance.costs import TERMS, separable_coordinate_costs, separable_cost
+
+    def fast(x, values, w, k, a):
+        return jax.jit(separable_coordinate_costs, static_argnames="terms")(
+            x, values, w, k, a, terms=TERMS
+        )
+
+    def plain(x, values, w, k, a):
+        eye = jnp.eye(x.shape[0], dtype=bool)
+        moved = jnp.where(eye[None], values[:, :, None], x[None, None])  # [P, D, D]
+        cost = functools.partial(separable_cost, weights=w, k=k, constant=a, terms=TERMS)
+        return jax.vmap(jax.vmap(cost))(moved)
+
+    def forgetful(x, values, w, k, a):
+        from experiments.variance.costs import separable_phi
+
+        return separable_cost(x, w, k, a, terms=TERMS) + separable_phi(values, w, k, terms=TERMS)
+
+    assert _replaced_errors(fast).max() <= 1.0
+    assert _replaced_errors(plain).max() <= 1.0
+    assert _replaced_errors(forgetful).min() > 100.0
 
 
 def test_reproduce_checks_every_config_and_workdir_before_running_any(tmp_path, capsys):

@@ -95,6 +95,22 @@ def active_terms(cost_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(t for t in TERMS if t in used)
 
 
+def separable_phi(
+    x: jax.Array, weights: jax.Array, k: jax.Array, *, terms: tuple[str, ...]
+) -> jax.Array:
+    """``phi(x_d; k) = sum_t weights[t] term_t(x_d; k)`` elementwise (``x`` any shape).
+
+    A term with weight 0 sees ``k = 0``, so it stays finite (``exp(-k x^2)`` overflows for
+    ``k < 0`` and ``0 * inf`` would be NaN) and so does its gradient. Only ``terms`` (static)
+    are evaluated; the others must have weight 0.
+    """
+    per_coordinate = jnp.zeros_like(x)
+    for t in terms:
+        w = weights[TERMS.index(t)]
+        per_coordinate = per_coordinate + w * term(t, jnp, x, jnp.where(w != 0, k, 0.0))
+    return per_coordinate
+
+
 def separable_cost(
     x: jax.Array, weights: jax.Array, k: jax.Array, constant: jax.Array, *, terms: tuple[str, ...]
 ) -> jax.Array:
@@ -110,10 +126,26 @@ def separable_cost(
     Returns:
       ``[]``.
     """
-    per_coordinate = jnp.zeros_like(x)
-    for t in terms:
-        w = weights[TERMS.index(t)]
-        # A term with weight 0 sees k = 0, so it stays finite (exp(-k x^2) overflows for k < 0
-        # and 0 * inf would be NaN) and so does its gradient.
-        per_coordinate = per_coordinate + w * term(t, jnp, x, jnp.where(w != 0, k, 0.0))
-    return constant + jnp.sum(per_coordinate)
+    return constant + jnp.sum(separable_phi(x, weights, k, terms=terms))
+
+
+def separable_coordinate_costs(
+    x: jax.Array,
+    values: jax.Array,
+    weights: jax.Array,
+    k: jax.Array,
+    constant: jax.Array,
+    *,
+    terms: tuple[str, ...],
+) -> jax.Array:
+    """``out[p, d] = f(x with x_d = values[p, d])`` for :func:`separable_cost`'s ``f``, in
+    O(P D) instead of the O(P D^2) of evaluating ``f`` at every replaced sample: ``f`` minus
+    the coordinate's own term plus the new one, ``(f(x) - phi(x_d)) + phi(values[p, d])``.
+    The evaluator that ``estimators.with_coordinate_costs`` carries to the measure-valued
+    estimator (``x: [D]``, ``values: [P, D] -> [P, D]``). Its rounding is that of the sum
+    over ``D`` coordinates either way: about one float32 ulp of ``|constant| + sum_d
+    |phi(x_d)|``.
+    """
+    phi_x = separable_phi(x, weights, k, terms=terms)
+    rest = constant + jnp.sum(phi_x) - phi_x  # [D]: f(x) without coordinate d's term
+    return rest[None] + separable_phi(values, weights, k, terms=terms)

@@ -56,7 +56,7 @@ import estimators
 from estimators import registry
 
 from .._mesh import AXIS
-from .costs import separable_cost
+from .costs import separable_coordinate_costs, separable_cost
 from .problems import Problem
 
 if TYPE_CHECKING:
@@ -294,6 +294,14 @@ def _keys_at(key_data: Any, hi: Any, lo: Any) -> jax.Array:
     return jax.random.wrap_key_data(data, impl="threefry2x32")
 
 
+# From this dimension on, the measure-valued estimator's 4 D evaluations per sample (each at
+# one replaced coordinate) go through `costs.separable_coordinate_costs`, O(D) each instead of
+# O(D^2): the same values up to rounding. Below it the plain evaluations are faster (steady
+# state, 1e5 samples, 2-core CPU: D = 10, 15: 130, 231 ms plain against 156, 285 ms; D = 20,
+# 30, 100: 795, 972, 7585 ms against 301, 344, 1277 ms).
+COORDINATE_COSTS_FROM_DIM = 16
+
+
 def _check_prng(key: jax.Array) -> None:
     if not jax.config.jax_threefry_partitionable:  # type: ignore[attr-defined]
         raise RuntimeError(
@@ -363,7 +371,16 @@ def _launch(
     several = mesh is not None and mesh.devices.size > 1
 
     def cost_of(w: jax.Array, k: jax.Array, a: jax.Array):
-        return lambda x: separable_cost(x, w, k, a, terms=terms)
+        def f(x: jax.Array) -> jax.Array:
+            return separable_cost(x, w, k, a, terms=terms)
+
+        if dim < COORDINATE_COSTS_FROM_DIM:
+            return f
+
+        def replaced(x: jax.Array, values: jax.Array) -> jax.Array:
+            return separable_coordinate_costs(x, values, w, k, a, terms=terms)
+
+        return estimators.with_coordinate_costs(f, replaced)
 
     def baselines(counters: tuple, grid: tuple) -> dict:  # one chunk, all rows
         w_, k_s, c_ = grid
