@@ -15,7 +15,10 @@ the median of each kind over ``--rounds`` rounds and whether it meets the target
 ``$JAX_COMPILATION_CACHE_DIR`` are removed from the children's environment so only the flags
 decide.
 
-    python benchmarks/bench_reproduce.py [--rounds 2] [--configs fig2 ... fig7]
+    python benchmarks/bench_reproduce.py [--rounds 2] [--configs fig2 ...]
+
+Without ``--configs`` the command names none: it runs its default set (Figures 2-7, in the
+order ``experiments._cli.DEFAULT_REPRODUCE``), exactly as the README's command does.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def reproduce(configs: list[str], outdir: Path, cache: list[str], env: dict[str,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2, help="rounds of cold, warm, off (default 2)")
-    p.add_argument("--configs", nargs="+", default=[f"fig{i}" for i in range(2, 8)])
+    p.add_argument("--configs", nargs="+", default=[], help="default: the command's own set")
     p.add_argument(
         "--kinds",
         nargs="+",
@@ -70,7 +73,8 @@ def main() -> None:
         if k not in ("MCGRAD_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR")
     }
     print(
-        f"python -m experiments reproduce {' '.join(args.configs)}: {args.rounds} round(s); "
+        f"python -m experiments reproduce {' '.join(args.configs) or '(its default set)'}: "
+        f"{args.rounds} round(s); "
         f"{platform.node()}, {os.cpu_count()} CPUs, python {platform.python_version()}"
     )
     times: dict[str, list[float]] = {kind: [] for kind in args.kinds}

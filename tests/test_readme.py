@@ -77,7 +77,7 @@ def test_command_parses_and_its_configs_validate(line, argv):
     if args.command in ("run", "show"):
         names = [args.config]
     elif args.command == "reproduce":
-        names = args.configs or [f"fig{i}" for i in range(2, 8)]
+        names = args.configs or list(_cli.DEFAULT_REPRODUCE)
     else:
         assert not overrides, f"{where}: {args.command} takes no --config. overrides"
         return
