@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
+from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw, vmap_samples
 from ._interface import EstimateInputs, _keep_state, _no_state
 
 # optimal_baseline's samples in the "optimal" Baseline come from fold_in(key, _TAG_OPTIMAL), so
@@ -166,7 +166,7 @@ def optimal_baseline(
     """
     build_and_check(function, params, dist_builder, num_samples, "optimal_baseline")
     xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
-    costs = jax.vmap(function)(xs)
+    costs = vmap_samples(function)(xs)
     scores = jax.vmap(jax.grad(lambda p, x: dist_builder(p).log_prob(x)), in_axes=(None, 0))(
         params, xs
     )

@@ -147,6 +147,28 @@ def sample_from_noise(dist: Distribution, noise: Array) -> Array:
     return dist.sample(noise)
 
 
+def vmap_samples(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``jax.vmap(function)`` over the leading (sample) axis of its arguments; where that axis
+    has length 1, a plain call of ``function`` on the one sample, its outputs given the axis
+    back. The same values either way, up to the rounding of a sum XLA may order differently.
+
+    Why: a VAE with one sample per example, vmapped over the batch, would otherwise carry a
+    size-1 sample axis into every matmul of its decoder, and XLA:CPU then transposes the
+    cotangents and forms the weight gradients in a slow layout (the VAE step at batch 1024 on
+    the 2-core CPU: 23.7-26.1 ms with the axis, 21.0-21.2 ms without).
+    """
+    batched = jax.vmap(function)
+
+    def call(*args: Any) -> Any:
+        leaves = jax.tree.leaves(args)
+        if leaves and all(jnp.shape(a)[:1] == (1,) for a in leaves):
+            one = function(*jax.tree.map(lambda a: a[0], args))
+            return jax.tree.map(lambda a: jnp.asarray(a)[None], one)
+        return batched(*args)
+
+    return call
+
+
 def draw_samples(dist: Distribution, key: Array, num_samples: int) -> Array:
     """``[num_samples, *event_shape]``: the samples every estimator draws with this key.
 

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ._capabilities import capability_names
-from ._common import Array, CostFn, DistBuilder, PyTree, draw_samples
+from ._common import Array, CostFn, DistBuilder, PyTree, draw_samples, vmap_samples
 
 PerSampleFn = Callable[..., PyTree]
 SurrogateFn = Callable[..., Array]
@@ -247,7 +247,7 @@ def surrogate_from_per_sample(per_sample: PerSampleFn) -> SurrogateFn:
         )
         mean_grads = jax.lax.stop_gradient(jax.tree.map(lambda g: jnp.mean(g, axis=0), grads))
         xs = draw_samples(jax.lax.stop_gradient(dist_builder(params)), key, num_samples)
-        value = jnp.mean(jax.vmap(function)(jax.lax.stop_gradient(xs)))
+        value = jnp.mean(vmap_samples(function)(jax.lax.stop_gradient(xs)))
         products = jax.tree.map(lambda p, g: jnp.vdot(p, g).astype(value.dtype), params, mean_grads)
         linear = sum(jax.tree.leaves(products), start=jnp.zeros((), value.dtype))
         return value + linear - jax.lax.stop_gradient(linear)

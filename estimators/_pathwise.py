@@ -24,6 +24,7 @@ from ._common import (
     invariant_to_baselines,
     sample_from_noise,
     sample_noise,
+    vmap_samples,
 )
 
 
@@ -78,7 +79,7 @@ def pathwise(
     def one_sample(noise: Array) -> PyTree:
         return jax.grad(lambda p: function(sample_from_noise(dist_builder(p), noise)))(params)
 
-    return jax.vmap(one_sample)(sample_noise(dist, key, num_samples))
+    return vmap_samples(one_sample)(sample_noise(dist, key, num_samples))
 
 
 def pathwise_surrogate(
@@ -118,4 +119,4 @@ def pathwise_surrogate(
     dist = build_and_check(function, params, dist_builder, num_samples, "pathwise_surrogate")
     _require_reparameterizable(dist, "pathwise_surrogate")
     xs = draw(dist_builder, params, key, num_samples)
-    return jnp.mean(jax.vmap(function)(xs))
+    return jnp.mean(vmap_samples(function)(xs))

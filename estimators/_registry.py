@@ -48,6 +48,7 @@ from ._common import (
     draw_samples,
     sample_from_noise,
     sample_noise,
+    vmap_samples,
 )
 from ._control_variates import delta_method, with_control_variate
 from ._interface import GradientEstimator, gradient_estimator
@@ -460,7 +461,7 @@ def sample_costs(
     """``[num_samples]`` stopped costs ``f(x_i)`` of the samples every estimator draws with
     ``key`` (for an estimator's ``update``)."""
     dist = jax.lax.stop_gradient(dist_builder(params))
-    return jax.lax.stop_gradient(jax.vmap(function)(draw_samples(dist, key, num_samples)))
+    return jax.lax.stop_gradient(vmap_samples(function)(draw_samples(dist, key, num_samples)))
 
 
 # --- What each estimator is, for tables ----------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw
+from ._common import Array, CostFn, DistBuilder, PyTree, build_and_check, draw, vmap_samples
 
 BaselineArg = Array | float | Callable[[Array], Array] | PyTree | None
 
@@ -101,7 +101,7 @@ def score_function(
     """
     build_and_check(function, params, dist_builder, num_samples, "score_function")
     xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
-    costs = jax.vmap(function)(xs)
+    costs = vmap_samples(function)(xs)
     if _is_per_parameter(baseline, params, num_samples):
         per_param = _per_parameter_baselines(baseline, params, "score_function")
 
@@ -116,7 +116,7 @@ def score_function(
         score = jax.grad(lambda p: dist_builder(p).log_prob(x))(params)
         return jax.tree.map(lambda s: w * s, score)
 
-    return jax.vmap(one_sample)(xs, weights)
+    return vmap_samples(one_sample)(xs, weights)
 
 
 def score_function_surrogate(
@@ -166,7 +166,7 @@ def score_function_surrogate(
             "baseline"
         )
     xs = jax.lax.stop_gradient(draw(dist_builder, params, key, num_samples))
-    costs = jax.vmap(function)(xs)
+    costs = vmap_samples(function)(xs)
     weights = jax.lax.stop_gradient(costs - _baselines(baseline, costs, "score_function_surrogate"))
-    log_probs = jax.vmap(dist_builder(params).log_prob)(xs)
+    log_probs = vmap_samples(dist_builder(params).log_prob)(xs)
     return jnp.mean(costs + weights * (log_probs - jax.lax.stop_gradient(log_probs)))

@@ -367,3 +367,47 @@ def test_beta_score_function_near_one():
     grad_log_b = jax.grad(lambda q: jnp.sum(jax.scipy.special.betaln(q["a"], q["b"])))(params)
     biased = {k: cf.as64(v) + xs[:, None] * cf.as64(grad_log_b[k]) for k, v in jac.items()}
     assert checks(biased).failures()
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_vmap_samples_is_vmap_with_a_plain_call_for_one_sample(num_samples):
+    """``_common.vmap_samples`` (how the estimators map a cost over their samples) gives
+    ``jax.vmap``'s values, for a pytree of outputs, keys among the arguments, under jit and
+    grad, up to float32 rounding: XLA may order a 4-term sum or the 5-term dot differently
+    with and without the batch axis; with these keys every term is below 4 in magnitude
+    (tanh times a normal draw; the gradients below 1), so differences stay within
+    (5 + 4) eps32 * 4 = 4.3e-6 (measured: 9e-8); a wrong sample or key moves them by O(1).
+    With one sample it calls the function without the sample axis, which shows in the jaxpr:
+    no dot_general of the matmul cost keeps a size-1 axis."""
+    from estimators._common import vmap_samples
+
+    w = jax.random.normal(jax.random.key(0), (5, 4))
+
+    def f(x, key):
+        h = jnp.tanh(x @ w)
+        return {"sum": jnp.sum(h * jax.random.normal(key, h.shape)), "h": h}
+
+    xs = jax.random.normal(jax.random.key(1), (num_samples, 5))
+    keys = jax.random.split(jax.random.key(2), num_samples)
+    want = jax.vmap(f)(xs, keys)
+    for got in (vmap_samples(f)(xs, keys), jax.jit(vmap_samples(f))(xs, keys)):
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert g.shape == e.shape
+            np.testing.assert_allclose(g, e, rtol=0, atol=4.3e-6)
+
+    def loss(v, fn):
+        return jnp.mean(fn(lambda x, k: f(x * v, k)["sum"])(xs, keys))
+
+    np.testing.assert_allclose(
+        jax.grad(loss)(1.5, vmap_samples), jax.grad(loss)(1.5, jax.vmap), rtol=0, atol=4.3e-6
+    )
+    if num_samples == 1:  # and jax.vmap's own jaxpr does keep it: the check can fail
+
+        def dot_shapes(mapper):
+            jaxpr = jax.make_jaxpr(lambda x: mapper(lambda y: f(y, keys[0])["h"])(x))(xs)
+            dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+            return [v.aval.shape for e in dots for v in e.invars]
+
+        assert dot_shapes(vmap_samples) and all(1 not in s for s in dot_shapes(vmap_samples))
+        assert any(1 in s for s in dot_shapes(jax.vmap))
