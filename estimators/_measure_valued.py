@@ -39,6 +39,7 @@ from ._common import (
     invariant_to_baselines,
     pull_back,
     structured_costs,
+    vmap_samples,
 )
 from ._distributions import Distribution, WeakDerivativeTerm
 
@@ -304,5 +305,5 @@ def _statistic_jacobians(
         }
 
     if sample_chunk >= num_samples:  # all samples in one vectorised step: no loop
-        return jax.vmap(one_sample)((xs, aux_keys))
+        return vmap_samples(one_sample)((xs, aux_keys))
     return jax.lax.map(one_sample, (xs, aux_keys), batch_size=sample_chunk)

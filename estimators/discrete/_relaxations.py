@@ -49,6 +49,7 @@ from .._common import (
     build_and_check,
     draw_samples,
     pull_back,
+    vmap_samples,
 )
 from .._interface import GradientEstimator, gradient_estimator
 
@@ -133,7 +134,7 @@ def _relaxed_surrogate(
             z = z + jax.lax.stop_gradient(relaxed.hard(z) - z)
         return function(z)
 
-    return jnp.mean(jax.vmap(cost)(noise))
+    return jnp.mean(vmap_samples(cost)(noise))
 
 
 def gumbel_softmax(
